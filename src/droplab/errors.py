@@ -47,7 +47,7 @@ def check_rate(p: float, name: str = "p") -> float:
         value = float(p)
     except (TypeError, ValueError):
         raise InvalidValue(f"{name} must be a number in [0, 1), got {p!r}") from None
-    if not 0.0 <= value < 1.0:
+    if not 0.0 <= value < 1.0:  # also rejects NaN
         raise InvalidValue(
             f"{name}={value:g} is outside [0, 1): dropout rates are drop probabilities; "
             "use e.g. 0.1–0.5"
