@@ -24,7 +24,7 @@ def test_create_refuses_existing_run_and_resume_requires_config(tmp_path: Path) 
         "task": "train",
         "lr": 0.1,
     }
-    with pytest.raises(DataNotFound, match="no config.json"):
+    with pytest.raises(DataNotFound, match=r"no config\.json"):
         RunDir.create(tmp_path / "b", task="train", resume=True)
 
 
