@@ -16,7 +16,7 @@ from droplab import __version__
 from droplab.errors import UserError
 
 #: Subcommand modules, in the order ``droplab --help`` lists them.
-MODULES: list[str] = []
+MODULES: list[str] = ["report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
