@@ -1,0 +1,316 @@
+"""Pure dropout functions: ``f(x, p, training=True, ..., generator=None) -> Tensor``.
+
+Conventions shared by every function here:
+
+* ``p`` is a *drop* probability in ``[0, 1)`` (validated with
+  :func:`droplab.errors.check_rate`); papers that speak of keep probabilities use
+  ``1 - p``.
+* Training-time outputs are rescaled so that the expected activation is unchanged
+  ("inverted" dropout); with ``training=False`` or ``p == 0`` the input is returned as is.
+* Randomness comes from ``torch.rand``/``torch.randn`` drawn in float32 (float64 for
+  float64 inputs) on the input's device with the optional ``generator``, which must live
+  on that device. Masks are cast to the input dtype, so float16/bfloat16 inputs work.
+* Everything is differentiable with respect to ``x`` (and, for
+  :func:`concrete_dropout`, with respect to a tensor ``p``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from droplab.errors import InvalidValue, check_rate, unknown_name
+
+__all__ = [
+    "alpha_dropout",
+    "concrete_dropout",
+    "drop_block",
+    "drop_connect",
+    "drop_path",
+    "dropout",
+    "gaussian_dropout",
+    "spatial_dropout",
+]
+
+#: SELU constants (Klambauer et al. 2017): alpha' = -lambda * alpha.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
+
+
+# --------------------------------------------------------------------------- helpers
+def _noise_dtype(x: Tensor) -> torch.dtype:
+    """Dtype in which random numbers are drawn: float64 for float64 inputs, else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_generator(generator: torch.Generator | None, x: Tensor) -> None:
+    if generator is not None and generator.device.type != x.device.type:
+        raise InvalidValue(
+            f"generator is on {generator.device} but the input is on {x.device}; "
+            f"create it with torch.Generator(device={str(x.device.type)!r})"
+        )
+
+
+def _rand(shape: tuple[int, ...] | torch.Size, x: Tensor, generator: torch.Generator | None,
+          dtype: torch.dtype | None = None) -> Tensor:
+    return torch.rand(shape, generator=generator, device=x.device, dtype=dtype or _noise_dtype(x))
+
+
+def _active(x: Tensor, p: float, training: bool, generator: torch.Generator | None) -> bool:
+    """Validate ``p`` and ``generator``; True when the function must do something."""
+    p = check_rate(p)
+    if not training or p == 0.0:
+        return False
+    _check_generator(generator, x)
+    return True
+
+
+# --------------------------------------------------------------------------- element-wise
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
+            generator: torch.Generator | None = None) -> Tensor:
+    """Element-wise (inverted) dropout (Srivastava et al., JMLR 2014).
+
+    ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` i.i.d. per element, so
+    ``E[y] = x`` and ``Var[y] = x² p / (1 - p)``.
+    """
+    if not _active(x, p, training, generator):
+        return x
+    keep = _rand(x.shape, x, generator) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def spatial_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Channel-wise dropout, "SpatialDropout" (Tompson et al., CVPR 2015).
+
+    Whole feature maps are zeroed: ``y[n, c] = x[n, c] * m[n, c] / (1 - p)`` with
+    ``m[n, c] ~ Bernoulli(1 - p)``. Works for (N, C, L), (N, C, H, W) and (N, C, D, H, W)
+    inputs (1d/2d/3d by rank).
+    """
+    if x.dim() not in (3, 4, 5):
+        raise InvalidValue(
+            f"spatial_dropout expects an (N, C, L), (N, C, H, W) or (N, C, D, H, W) input, "
+            f"got shape {tuple(x.shape)}; use dropout for other shapes"
+        )
+    if not _active(x, p, training, generator):
+        return x
+    shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+    keep = _rand(shape, x, generator) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def gaussian_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Multiplicative Gaussian noise matching dropout's variance (Srivastava et al. 2014, §10).
+
+    ``y = x * e`` with ``e ~ N(1, σ²)``, ``σ² = p / (1 - p)`` (Keras ``GaussianDropout``
+    semantics), so ``E[y] = x`` and ``Var[y] = x² p / (1 - p)``, the same as
+    :func:`dropout` at rate ``p``.
+    """
+    if not _active(x, p, training, generator):
+        return x
+    std = math.sqrt(p / (1.0 - p))
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=_noise_dtype(x))
+    return x * noise.mul_(std).add_(1.0).to(x.dtype)
+
+
+def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Alpha dropout for self-normalising (SELU) networks (Klambauer et al., NeurIPS 2017).
+
+    Dropped units are set to SELU's negative saturation ``α' = -λα ≈ -1.7581`` and the
+    result is transformed affinely, ``y = a (x m + α' (1 - m)) + b`` with
+    ``m ~ Bernoulli(q)``, ``q = 1 - p``, ``a = (q + α'² q (1 - q))^(-1/2)`` and
+    ``b = -a α' (1 - q)``, which keeps mean 0 and variance 1 for standardised inputs.
+    """
+    if not _active(x, p, training, generator):
+        return x
+    q = 1.0 - p
+    a = (q + _ALPHA_PRIME**2 * q * p) ** -0.5
+    b = -a * _ALPHA_PRIME * p
+    keep = (_rand(x.shape, x, generator) >= p).to(x.dtype)
+    # a * (x*m + α'(1-m)) + b  ==  x * (a m) + (a α' (1 - m) + b)
+    return x * (keep * a) + (keep * (-a * _ALPHA_PRIME) + (a * _ALPHA_PRIME + b))
+
+
+# --------------------------------------------------------------------------- weights
+def drop_connect(x: Tensor, p: float = 0.5, training: bool = True, *, weight: Tensor,
+                 bias: Tensor | None = None, stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,
+                 groups: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """DropConnect (Wan et al., ICML 2013): dropout on the *weights* of a linear/conv layer.
+
+    ``y = x W̃ᵀ + b`` (``F.linear`` for a 2-d ``weight``) or ``y = conv2d(x, W̃) + b`` (a 4-d
+    ``weight``) with ``W̃ = W * M / (1 - p)``, ``M ~ Bernoulli(1 - p)`` element-wise. One
+    mask is drawn per call and shared by every sample of the batch; each call (each
+    forward or MC pass) draws a fresh one. The bias is not masked. At evaluation the mean
+    weight ``W`` is used (inverted scaling instead of the paper's moment-matching inference).
+    """
+    w = dropout(weight, p, training, generator=generator)
+    if weight.dim() == 2:
+        return F.linear(x, w, bias)
+    if weight.dim() == 4:
+        return F.conv2d(x, w, bias, stride, padding, dilation, groups)
+    raise InvalidValue(
+        f"drop_connect needs a 2-d (linear) or 4-d (conv2d) weight, got shape "
+        f"{tuple(weight.shape)}"
+    )
+
+
+# --------------------------------------------------------------------------- structured
+def _valid_counts(size: int, block: int) -> list[int]:
+    """How many valid seed positions (``0 <= s <= size - block``) have a block covering i."""
+    last = size - block
+    return [min(i, last) - max(0, i - block + 1) + 1 for i in range(size)]
+
+
+@functools.lru_cache(maxsize=512)
+def _seed_rate(h: int, w: int, bh: int, bw: int, p: float) -> float:
+    """Exact DropBlock seed rate γ for an ``h × w`` map and a ``bh × bw`` block.
+
+    Seeds are drawn only where a whole block fits, i.e. on the ``(h-bh+1) × (w-bw+1)``
+    valid region. Position (i, j) is covered by ``n(i, j) = r(i) c(j)`` seed positions, so
+    it is dropped with probability ``1 - (1 - γ)^n(i, j)``. We solve
+    ``mean_ij [1 - (1 - γ)^n(i, j)] = p`` for γ by bisection (the left side increases
+    monotonically from 0 at γ = 0 to 1 at γ = 1).
+    """
+    rows = torch.tensor(_valid_counts(h, bh), dtype=torch.float64)
+    cols = torch.tensor(_valid_counts(w, bw), dtype=torch.float64)
+    counts, weights = torch.unique(torch.outer(rows, cols), return_counts=True)
+    weights = weights.to(torch.float64) / (h * w)
+    lo, hi = 0.0, 1.0
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        dropped = float((weights * (1.0 - torch.pow(1.0 - mid, counts))).sum())
+        if dropped < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _bernoulli_positions(total: int, prob: float, device: torch.device,
+                         generator: torch.Generator | None) -> Tensor:
+    """Sorted int64 indices of the successes among ``total`` i.i.d. Bernoulli(prob) trials.
+
+    For small ``prob`` the gaps between successes are drawn directly as geometric variables
+    (``G = ⌊log V / log(1 - prob)⌋ + 1``, ``V ~ U(0, 1]``), which needs about
+    ``total * prob`` random numbers instead of ``total``; the result has exactly the same
+    distribution as thresholding ``total`` uniforms.
+    """
+    log_q = math.log1p(-prob)
+    parts: list[Tensor] = []
+    start = 0  # index of the next trial not yet decided
+    while start < total:
+        mean = (total - start) * prob
+        k = int(mean + 8.0 * math.sqrt(mean) + 16)
+        u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
+        gaps = torch.floor(torch.log1p(-u) / log_q).to(torch.int64).add_(1)
+        pos = torch.cumsum(gaps, 0).add_(start - 1)
+        last = int(pos[-1])
+        if last >= total:
+            parts.append(pos[pos < total])
+            break
+        parts.append(pos)
+        start = last + 1
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: int = 7,
+               shared_channels: bool = False,
+               generator: torch.Generator | None = None) -> Tensor:
+    """DropBlock (Ghiasi, Lin & Le, NeurIPS 2018) with an exact drop rate.
+
+    Contiguous ``b × b`` regions of an (N, C, H, W) feature map are zeroed. Block seeds are
+    drawn i.i.d. with rate γ on the valid region ``(H-b+1) × (W-b+1)`` only (every block
+    lies inside the map), each seed zeroes the ``b × b`` block below/right of it, and γ is
+    solved so that the expected fraction of dropped activations equals ``p`` exactly (see
+    :func:`_seed_rate`; the paper's closed-form γ ignores block overlap and over- or
+    under-drops). ``b`` is clamped to the map size. Masks are per channel, or one per
+    sample with ``shared_channels=True``. Each sample is rescaled by the inverse of its
+    kept fraction, ``y_n = x_n * m_n * |m_n| / Σ m_n`` (a sample whose mask drops
+    everything becomes 0).
+    """
+    if x.dim() != 4:
+        raise InvalidValue(
+            f"drop_block expects an (N, C, H, W) input, got shape {tuple(x.shape)}"
+        )
+    if int(block_size) < 1:
+        raise InvalidValue(f"block_size must be a positive integer, got {block_size!r}")
+    if not _active(x, p, training, generator):
+        return x
+    n, c, h, w = x.shape
+    bh, bw = min(int(block_size), h), min(int(block_size), w)
+    gamma = _seed_rate(h, w, bh, bw, float(p))
+    planes = n * (1 if shared_channels else c)
+    hs, ws = h - bh + 1, w - bw + 1
+    mask_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    if bh * bw == 1:
+        # 1 × 1 blocks: DropBlock is element-wise dropout with γ = p.
+        keep = (_rand((planes * h * w,), x, generator, torch.float32) >= gamma).to(mask_dtype)
+    else:
+        # Seeds are sparse (γ ≈ p / b²): draw their positions directly (about γ × #seeds
+        # random numbers) and zero each seed's block by index; this measured 3-5× faster on
+        # CPU than thresholding a dense uniform map and growing it with max_pool2d.
+        seeds = _bernoulli_positions(planes * hs * ws, gamma, x.device, generator)
+        plane, rest = torch.div(seeds, hs * ws, rounding_mode="floor"), seeds % (hs * ws)
+        row, col = torch.div(rest, ws, rounding_mode="floor"), rest % ws
+        base = plane * (h * w) + row * w + col
+        offsets = (torch.arange(bh, device=x.device)[:, None] * w
+                   + torch.arange(bw, device=x.device)[None, :]).reshape(-1)
+        keep = torch.ones(planes * h * w, dtype=mask_dtype, device=x.device)
+        keep.index_fill_(0, (base[:, None] + offsets).reshape(-1), 0.0)
+    per_sample = keep.view(n, -1)
+    kept = per_sample.sum(1, dtype=_noise_dtype(x)).clamp_min_(1.0)
+    per_sample.mul_((per_sample.shape[1] / kept).to(mask_dtype)[:, None])
+    keep = keep.view(n, planes // n, h, w)
+    return x * keep.to(x.dtype)
+
+
+def drop_path(x: Tensor, p: float = 0.1, training: bool = True, *, mode: str = "row",
+              generator: torch.Generator | None = None) -> Tensor:
+    """Stochastic depth (Huang et al., ECCV 2016) for the residual branch ``x``.
+
+    ``mode="row"``: each sample's branch is dropped independently,
+    ``y[n] = x[n] * m[n] / (1 - p)``, ``m[n] ~ Bernoulli(1 - p)`` (as in timm and
+    torchvision). ``mode="batch"``: one draw for the whole batch, as in the paper.
+    Use it on the residual branch: ``out = shortcut + drop_path(branch(x), p)``.
+    """
+    if mode not in ("row", "batch"):
+        raise unknown_name("drop-path mode", mode, ("row", "batch"))
+    if not _active(x, p, training, generator):
+        return x
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1) if mode == "row" else (1,) * x.dim()
+    keep = _rand(shape, x, generator) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def concrete_dropout(x: Tensor, p: float | Tensor = 0.1, training: bool = True, *,
+                     temperature: float = 0.1, generator: torch.Generator | None = None,
+                     eps: float = 1e-7) -> Tensor:
+    """Concrete (relaxed Bernoulli) dropout (Gal, Hron & Kendall, NeurIPS 2017).
+
+    ``z = σ((log(p+ε) - log(1-p+ε) + log(u+ε) - log(1-u+ε)) / t)`` with ``u ~ U(0, 1)``
+    is a continuous relaxation of the drop indicator at temperature ``t``;
+    ``y = x (1 - z) / (1 - p)``. ``p`` may be a tensor requiring grad (the learned rate
+    of :class:`droplab.layers.ConcreteDropout`); gradients flow into it.
+    """
+    if not training:
+        return x
+    if isinstance(p, Tensor):
+        p_t = p.to(device=x.device, dtype=_noise_dtype(x))
+    else:
+        p_t = torch.tensor(check_rate(p), device=x.device, dtype=_noise_dtype(x))
+    if not temperature > 0:
+        raise InvalidValue(f"temperature must be > 0, got {temperature!r}")
+    _check_generator(generator, x)
+    u = _rand(x.shape, x, generator)
+    logits = (torch.log(p_t + eps) - torch.log(1.0 - p_t + eps)
+              + torch.log(u + eps) - torch.log(1.0 - u + eps))
+    drop = torch.sigmoid(logits / temperature)
+    return x * ((1.0 - drop) / (1.0 - p_t)).to(x.dtype)
