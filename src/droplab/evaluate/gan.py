@@ -123,7 +123,8 @@ def inception_score(logits: torch.Tensor, *, splits: int = 10, seed: int = 0) ->
         warnings.simplefilter("ignore", UserWarning)
         metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits)
     metric.update(logits.double())
-    with _seeded(seed):
+    with _seeded(seed), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # std of a single split
         mean, std = metric.compute()
     std_f = float(std) if splits > 1 else 0.0
     return float(mean), std_f

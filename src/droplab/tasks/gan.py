@@ -219,19 +219,18 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> Any:
-    """The feature extractor: a given classifier run, or one trained here (reused on resume)."""
+def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> Any:
+    """Train a small classifier on the GAN's dataset into ``<out>/classifier`` (reused when
+    it is already there, e.g. on ``--resume``) and return its feature extractor."""
     from droplab.evaluate.gan import ClassifierFeatures
-
-    if cfg.feature_extractor:
-        return ClassifierFeatures.from_run(cfg.feature_extractor, device)
     from droplab.tasks import classify
 
     out = run / "classifier"
     if not (out / "summary.json").exists():
         ccfg = classify.ClassifyConfig(
             dataset=cfg.dataset, data_root=cfg.data_root, classes=cfg.classes,
-            limit=cfg.limit, epochs=cfg.classifier_epochs, seed=cfg.seed, device=cfg.device, out=str(out),
+            limit=cfg.limit, epochs=cfg.classifier_epochs, seed=cfg.seed, device=cfg.device,
+            out=str(out),
         )
         classify.run(ccfg, resume=(out / "config.json").exists())
     return ClassifierFeatures.from_run(out, device)
@@ -246,11 +245,14 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
-    inception = None
-    if cfg.inception and cfg.eval_samples:
-        from droplab.evaluate.gan import InceptionFeatures
+    inception = extractor = None
+    if cfg.eval_samples:  # fail fast, before any training
+        from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures
 
-        inception = InceptionFeatures(device)  # fail fast, before any training
+        if cfg.feature_extractor:
+            extractor = ClassifierFeatures.from_run(cfg.feature_extractor, device)
+        if cfg.inception:
+            inception = InceptionFeatures(device)
     bundle = load_dataset(cfg.dataset, cfg.data_root, cfg.classes, image_size=cfg.image_size,
                           seed=cfg.seed, limit=cfg.limit)
     train = bundle.train
@@ -384,7 +386,9 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
     }
     if cfg.eval_samples:
         t_eval = time.perf_counter()
-        summary.update(evaluate_run(cfg, g_ema if cfg.ema > 0 else g, train, run_dir, device, inception))
+        if extractor is None:
+            extractor = _train_classifier(cfg, run_dir, device)
+        summary.update(evaluate_run(cfg, g_ema if cfg.ema > 0 else g, train, extractor, inception))
         summary["eval_time_s"] = time.perf_counter() - t_eval
     summary.update({
         "samples": str(run_dir / "samples.png"),
@@ -399,20 +403,18 @@ def evaluate_run(
     cfg: GanConfig,
     g: nets.Generator,
     train: Any,
-    run_dir: RunDir,
-    device: torch.device,
+    extractor: Any,
     inception: Any = None,
 ) -> dict[str, Any]:
     """Score ``eval_samples`` generated images against as many training images."""
     from droplab.evaluate.gan import gan_scores
 
-    extractor = _classifier(cfg, run_dir, device)
     n_real = min(cfg.eval_samples, len(train.labels))
     pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed + 3))
     real = train.images[pick[:n_real]]
-    fake = sample(g, cfg.eval_samples, seed=cfg.seed + 4, device=device)
+    fake = sample(g, cfg.eval_samples, seed=cfg.seed + 4, device=next(g.parameters()).device)
     scores = gan_scores(real, fake, extractor, seed=cfg.seed, inception=inception)
-    source = cfg.feature_extractor or str(run_dir / "classifier")
+    source = cfg.feature_extractor or str(Path(cfg.out or ".") / "classifier")
     clf_summary = _read_summary(source)
     return {
         **scores,
