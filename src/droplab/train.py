@@ -177,19 +177,26 @@ def _rank_world() -> tuple[int, int]:
 # building blocks
 # ------------------------------------------------------------------------------------------
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum or AdamW; no weight decay on biases and norm parameters."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": cfg.resolved_weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
+    """SGD with Nesterov momentum or AdamW; no weight decay on biases and norm parameters.
+
+    A model may define ``lr_groups() -> [(params, lr_scale), ...]`` (e.g. layer-wise
+    learning-rate decay when fine-tuning); each group then trains at ``lr * lr_scale``.
+    Frozen parameters are included so that unfreezing them later needs no new optimiser
+    (parameters without gradients are skipped by the update).
+    """
+    lr, wd = cfg.resolved_lr, cfg.resolved_weight_decay
+    lr_groups = getattr(model, "lr_groups", None)
+    parts = lr_groups() if callable(lr_groups) else [(list(model.parameters()), 1.0)]
+    groups: list[dict[str, Any]] = []
+    for params, scale in parts:
+        params = list(params)
+        for decay, chosen in ((wd, [p for p in params if p.ndim > 1]),
+                              (0.0, [p for p in params if p.ndim <= 1])):
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": decay, "lr": lr * float(scale)})
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups, lr=cfg.resolved_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0
-        )
-    return torch.optim.AdamW(groups, lr=cfg.resolved_lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def make_lr_scheduler(
@@ -201,7 +208,8 @@ def make_lr_scheduler(
 
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.lr_schedule == "onecycle":
-        return sch.OneCycleLR(optimizer, max_lr=cfg.resolved_lr, total_steps=total)
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return sch.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
     warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.lr_schedule == "cosine":
         main: sch.LRScheduler = sch.CosineAnnealingLR(optimizer, T_max=total - warmup)
