@@ -622,6 +622,8 @@ class Loader:
     epoch; without it each pass uses the next epoch number, so passes differ but a run
     replays exactly. Like ``DistributedSampler``, ``rank``/``world_size`` give each rank a
     disjoint shard of equal size (padded by repeating indices unless ``drop_last``).
+    ``drop_last`` drops the last incomplete batch (and the indices that would need padding).
+    ``len()`` is the number of batches this rank yields.
 
     Augmentation (``augment=True``; the task picks the default): a random crop from the
     image zero-padded by ``pad`` pixels (default 4 for images ≥ 32 px, 2 for ≥ 16 px,

@@ -512,6 +512,7 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int] | list[int],
     name = cfg.name
     if name.startswith("tv:"):
         model = _tv_model(name[3:], shape, int(num_classes), cfg)
+        _check_forward(model, shape, name)  # own models fit any size by construction
     else:
         if name not in _BUILDERS:
             raise unknown_name("model", name, MODELS)
@@ -520,7 +521,6 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int] | list[int],
         model = _BUILDERS[name](shape, int(num_classes), cfg)
         if cfg.weights:
             _load(model, _read_weights(cfg.weights), name)
-    _check_forward(model, shape, name)
     if cfg.max_norm is not None:
         apply_max_norm(model, cfg.max_norm)
     return model
