@@ -291,9 +291,9 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 30, *, reduce: str = 
 
     ``chunk_size`` replicas of the stochastic part are stacked along the batch dimension
     per call (``1`` = a plain loop). ``None`` (auto) measures: pass 1 runs alone, timed and
-    sized (peak memory on CUDA, leaf-module outputs elsewhere); then one chunk of as many
-    replicas as fit in ``memory_budget_mb`` runs, and chunks are kept only if they were
-    faster per pass than the single pass, else the rest is a loop (DESIGN.md measured
+    sized (peak memory on CUDA, leaf-module outputs elsewhere); then a trial chunk of a
+    quarter of the passes runs; if it was faster per pass than the single pass, the rest
+    runs in chunks as large as ``memory_budget_mb`` allows, else in a loop (DESIGN.md measured
     replication slower than a loop for full ResNet passes on CPU). Batched replicas assume
     the replayed layers treat dim 0 as the batch; a shape error falls back to the loop.
 
@@ -350,7 +350,8 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 30, *, reduce: str = 
         auto = chunk_size is None
         # auto: a loop keeps masks reproducible with a generator; else try a chunk and keep
         # chunking only if it measures faster per pass than the loop
-        auto_chunk = 1 if generator is not None else min(fit, T - 1)
+        # the trial chunk is a quarter of the passes, so the verdict still matters
+        auto_chunk = 1 if generator is not None else min(fit, max(2, (T - 1) // 4))
         chunk = auto_chunk if auto else int(chunk_size)
         done = 1
         while done < T:
@@ -365,8 +366,9 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 30, *, reduce: str = 
                     chunk = 1
                     continue
                 _sync(x.device)
-                if auto and (time.perf_counter() - start) / k >= t_single:
-                    chunk = 1  # batching measured slower here: loop from now on
+                if auto:  # verdict of the trial: loop, or chunks as large as memory allows
+                    auto = False
+                    chunk = 1 if (time.perf_counter() - start) / k >= t_single else fit
                 keep(out, k)
             else:
                 keep(run(1), 1)
