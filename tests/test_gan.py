@@ -162,8 +162,9 @@ def test_generator_noise_dropout_stays_on_at_sampling_when_asked() -> None:
 
 
 def test_training_writes_metrics_grids_and_checkpoint(tmp_path: Path) -> None:
+    # concrete dropout in D: its rate is learned and its regulariser joins D's loss
     s = run(_tiny(tmp_path / "r", epochs=2, loss="hinge", d_dropout=0.3,
-                  d_dropout_kind="spatial", g_dropout=0.2))
+                  d_dropout_kind="concrete", g_dropout=0.2))
     out = Path(s["run_dir"])
     for f in ("samples.png", "samples_epoch_001.png", "samples_epoch_002.png", "checkpoint.pt",
               "config.json", "summary.json"):
@@ -241,7 +242,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
                       ({"d_dropout_where": "head"}, "placement"),
                       ({"d_dropout": 1.0}, "outside"),
                       ({"ema": 1.0}, "--ema"),
-                      ({"batch_size": 500}, "fewer than --batch-size")]:
+                      ({"batch_size": 500}, "fewer than --batch-size"),
+                      ({"d_dropout": 0.3, "d_dropout_kind": "dropconnect"}, "replaces weight layers"),
+                      ({"d_dropout_kind": "bogus"}, "unknown dropout kind")]:
         with pytest.raises((InvalidValue, UnknownName), match=match):
             run(_tiny(tmp_path / "bad", **kw))
 

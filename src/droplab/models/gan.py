@@ -187,6 +187,15 @@ class Discriminator(nn.Module):
             raise InvalidValue(f"GAN images must be square, got {h}×{w}; pass --image-size")
         if dropout_where not in WHERE:
             raise unknown_name("discriminator dropout placement", dropout_where, WHERE)
+        from droplab.layers import KINDS
+
+        if dropout_kind not in KINDS:
+            raise unknown_name("dropout kind", dropout_kind, KINDS)
+        if dropout_kind == "dropconnect":
+            raise InvalidValue(
+                "dropconnect replaces weight layers and cannot sit between discriminator "
+                f"blocks; choose one of: {', '.join(k for k in KINDS if k != 'dropconnect')}"
+            )
         if norm not in ("batch", "none"):
             raise unknown_name("discriminator norm", norm, ("batch", "none"))
         self.p = check_rate(dropout, "d_dropout")

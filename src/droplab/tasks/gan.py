@@ -102,6 +102,10 @@ class GanConfig:
             raise unknown_name("GAN loss", self.loss, nets.LOSSES)
         if self.d_dropout_where not in nets.WHERE:
             raise unknown_name("discriminator dropout placement", self.d_dropout_where, nets.WHERE)
+        from droplab.layers import KINDS
+
+        if self.d_dropout_kind not in KINDS:
+            raise unknown_name("dropout kind", self.d_dropout_kind, KINDS)
         check_rate(self.d_dropout, "--d-dropout")
         check_rate(self.g_dropout, "--g-dropout")
         wgan = self.loss == "wgan-gp"
@@ -164,7 +168,9 @@ def sample(
     g.eval()
     zgen = torch.Generator().manual_seed(seed)
     out = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    devices = ([device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else [])
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for i in range(0, n, batch_size):
             z = torch.randn(min(batch_size, n - i), g.z_dim, generator=zgen).to(device)
@@ -263,14 +269,13 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
             "lower --batch-size or raise --limit"
         )
 
+    seed_everything(cfg.seed)
+    g, d = build_nets(cfg, shape)  # type: ignore[arg-type]  (validates the nets' options)
     run_dir = RunDir.create(cfg.out, "gan", resume=resume)
     if resume:
         _check_resume(run_dir, cfg)
     cfg.out = str(run_dir.path)
     run_dir.write_config(cfg, task="gan")
-
-    seed_everything(cfg.seed)
-    g, d = build_nets(cfg, shape)  # type: ignore[arg-type]
     g_ema = copy.deepcopy(g).requires_grad_(False)
     g, d, g_ema = g.to(device), d.to(device), g_ema.to(device)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=cfg.betas)  # type: ignore[arg-type]
