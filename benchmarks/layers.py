@@ -92,7 +92,11 @@ def variants(p: float, block: int, channels: int, width: int) -> dict[str, nn.Mo
 
 
 #: variants whose output zeros are the dropped units (others add noise or act on weights)
-ZEROING = ("Dropout", "Dropout2d", "SpatialDropout", "DropBlock2d", "DropPath")
+ZEROING = ("torch nn.Dropout", "droplab Dropout", "droplab SpatialDropout", "droplab DropPath")
+
+
+def is_zeroing(name: str) -> bool:
+    return name.startswith(ZEROING) or "DropBlock2d" in name
 
 
 def time_forward_backward(mods: dict[str, nn.Module], x: torch.Tensor, repeats: int,
@@ -127,8 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--p", type=float, default=0.1)
     ap.add_argument("--block", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (1 is steadier on a shared CPU)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 15)
     torch.manual_seed(0)
 
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     frac_shape, calls = (n, c, s, s), (3 if args.quick else 10)
     rows = []
     for name, mod in mods.items():
-        zeroing = any(k in name for k in ZEROING)
+        zeroing = is_zeroing(name)
         rows.append({
             "variant": name,
             "median_ms": round(med[name] * 1e3, 2),
@@ -165,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                               for k, m in base.items()}
 
     result = {
-        "command": "python benchmarks/layers.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/layers.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "shape": [n, c, s, s],
         "p": args.p,
         "block_size": args.block,
