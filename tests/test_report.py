@@ -77,22 +77,39 @@ def make_gan_run(root: Path, epochs: int = 14) -> Path:
     for e in range(1, epochs + 1):
         run_dir.log({"epoch": e, "d_loss": 1.0 / e, "g_loss": 2.0 / e, "d_real": 0.6})
         _png(run_dir.path / f"samples_epoch_{e:03d}.png", e)
-    run_dir.write_summary({"task": "gan", "epochs": epochs, "final_d_loss": 1.0 / epochs})
+    _png(run_dir.path / "samples.png", epochs)
+    # droplab gan trains its feature classifier into a nested run folder; the report names
+    # it but does not take its images
+    clf = RunDir.create(run_dir.path / "classifier", "train")
+    clf.write_config({"dataset": "digits"}, task="train")
+    _png(clf.path / "learning_curves.png", 7)
+    run_dir.write_summary({"task": "gan", "epochs": epochs, "fid": 12.5, "kid": 0.01})
     return run_dir.path
 
 
 def make_sweep_run(root: Path) -> Path:
+    """Shaped like ``droplab sweep``'s folder: settings with ``cv.<metric>.{mean,std}``."""
     run_dir = RunDir.create(root / "sweep", "sweep")
     run_dir.write_config({"dataset": "digits", "rates": [0.0, 0.2, 0.4], "folds": 3,
-                          "kinds": ["dropout", "spatial"]}, task="sweep")
-    settings = [{"kind": k, "p": p, "cv_mean": 0.9 - abs(p - 0.2), "cv_std": 0.01}
-                for k in ("dropout", "spatial") for p in (0.0, 0.2, 0.4)]
-    run_dir.write_summary({"task": "sweep", "best_p": 0.2, "settings": settings})
+                          "kinds": ["dropout", "spatial"], "wheres": ["head"]}, task="sweep")
+    settings = []
+    for trial, (k, p) in enumerate((k, p) for k in ("dropout", "spatial") for p in (0.0, 0.2, 0.4)):
+        acc = 0.9 - abs(p - 0.2) - (k == "spatial") * 0.02
+        settings.append({"rate": p, "kind": k, "where": "head", "state": "complete",
+                         "trial": trial, "folds_done": 3, "value": acc,
+                         "cv": {"acc": {"mean": acc, "std": 0.01},
+                                "nll": {"mean": 1 - acc, "std": 0.02}}})
+        run_dir.log({"trial": trial, "state": "complete", "value": acc,
+                     "params": {"rate": p, "kind": k, "where": "head"}, "duration_s": 2.0})
+    run_dir.write_summary({"task": "sweep", "objective": "acc", "settings": settings,
+                           "pick": {"rate": 0.2, "kind": "dropout", "where": "head"},
+                           "test": {"test_acc": 0.91}, "test_acc": 0.91, "n_trials": 6})
+    _png(run_dir.path / "cv_vs_rate.png", 99, 40)
     return run_dir.path
 
 
 class PageParser(HTMLParser):
-    """Images (src, alt), table header cells and their CSS classes, figure captions."""
+    """Images (src, alt), tables, and the header cells of the run tables with their class."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,6 +118,7 @@ class PageParser(HTMLParser):
         self.th: list[tuple[str, str]] = []
         self.links: list[str] = []
         self._in_th: str | None = None
+        self._table = ""
         self._buf = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -109,7 +127,8 @@ class PageParser(HTMLParser):
             self.images.append(a)
         elif tag == "table":
             self.tables += 1
-        elif tag == "th":
+            self._table = a.get("class", "")
+        elif tag == "th" and self._table == "runs":  # the run tables' headers only
             self._in_th, self._buf = a.get("class", ""), ""
         elif tag in ("link", "script"):
             self.links.append(tag)
@@ -181,22 +200,29 @@ def test_report_of_mixed_runs_embeds_decodable_images_and_highlights_differences
     assert all(p.read_bytes() in embedded for p in plots)
     # run images: evaluate's two PNGs and the GAN sequence thinned to 10 of 14 frames
     alts = [i["alt"] for i in page.images]
-    assert "reliability.png" in alts and "confusion.png" in alts
+    assert {"reliability.png", "confusion.png", "cv_vs_rate.png", "samples.png"} <= set(alts)
+    assert "learning_curves.png" not in alts and "classifier/learning_curves.png" not in alts
+    assert "1 nested run folders: classifier" in out.read_text()
     gan_frames = [a for a in alts if a.startswith("samples_epoch_")]
     assert len(gan_frames) == 10 and gan_frames[0] == "samples_epoch_001.png"
     assert gan_frames[-1] == "samples_epoch_014.png"
-    assert summary["images_embedded"] == 12
+    assert summary["images_embedded"] == 14
 
-    # tables: config columns that differ between runs carry class "diff", constant ones not
-    assert page.tables >= 4
-    classes = {}
+    # one summary and one config table per task; columns that differ between the runs of
+    # a task carry class "diff", constant ones do not (a single gan/sweep run: no diffs)
+    assert page.tables == 2 * 3 + 2  # + the sweep settings and the rate table
+    # the sweep table: one "mean ± std" cell per metric, the best setting's row marked
+    text = out.read_text()
+    assert '<tr class="best"><td>0.2</td><td>dropout</td>' in text
+    assert "<td>0.9 ± 0.01</td>" in text
+    classes: dict[str, set[str]] = {}
     for text, cls in page.th:
         classes.setdefault(text, set()).add(cls)
-    for key in ("model.dropout", "seed", "test_acc", "task"):
+    for key in ("model.dropout", "seed", "test_loss", "out", "run_dir"):  # train runs only
         assert classes[key] == {"diff"}, key
-    # "lr" and "epochs" (config) are the same in the train runs but missing in gan/sweep
-    assert "diff" in classes["epochs"]
-    assert "fid" not in classes
+    assert classes["test_acc"] == {"diff", ""}  # differs in the train runs, one sweep run
+    for key in ("dataset", "lr", "model.name", "epochs", "test_ece", "best_val_acc", "rates"):
+        assert classes[key] == {""}, key
 
 
 def test_differences_only_where_values_differ(
@@ -241,12 +267,15 @@ def test_thin_keeps_first_and_last() -> None:
     assert thin(frames[:4], 10) == frames[:4]
 
 
-def test_folder_of_runs_expands_and_labels_stay_unique(runs: dict[str, Any], tmp_path: Path) -> None:
-    # the same run name under two parents gets the parent in its label
-    other = tmp_path / "other"
-    make_gan_run(other, epochs=2)
-    summary = run(ReportConfig(runs=[str(runs["root"]), str(other / "gan")], out=str(tmp_path / "x")))
-    assert summary["runs"] == 12
+def test_folder_of_runs_expands_and_labels_stay_unique(tmp_path: Path) -> None:
+    # a folder of run folders stands for all of them; the same run name under two parents
+    # gets the parent in its label
+    make_train_run(tmp_path / "runs", 0.0, 0)
+    make_gan_run(tmp_path / "runs", epochs=2)
+    make_gan_run(tmp_path / "other", epochs=2)
+    summary = run(ReportConfig(runs=[str(tmp_path / "runs"), str(tmp_path / "other" / "gan")],
+                               out=str(tmp_path / "x")))
+    assert summary["runs"] == 3
     assert summary["path"] == str(tmp_path / "x.html")
     html_text = Path(summary["path"]).read_text()
     assert "runs/gan" in html_text and "other/gan" in html_text
@@ -300,7 +329,8 @@ def test_report_of_a_real_digits_training_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "train"
-    rc = main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(run_dir), "--json"])
+    rc = main(["train", "--dataset", "digits", "--epochs", "1", "--limit", "20", "--widths", "32",
+               "--out", str(run_dir), "--json"])
     capsys.readouterr()
     assert rc == 0
     rec: RunRecord = load_run_record(run_dir)

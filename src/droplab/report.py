@@ -230,17 +230,30 @@ def fmt(v: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def rate_key(config: dict[str, Any]) -> str | None:
+    """The (dotted) config key holding a run's dropout rate, e.g. ``dropout`` or ``d_dropout``."""
+    flat = flatten(config)
+
+    def ok(k: str) -> bool:
+        return _is_number(flat.get(k)) and 0 <= flat[k] < 1
+
+    for key in RATE_KEYS:
+        if ok(key):
+            return key
+    for key in flat:  # e.g. "classifier.dropout"
+        if key.rsplit(".", 1)[-1] == "dropout" and ok(key):
+            return key
+    for key in flat:  # e.g. a GAN's "d_dropout"
+        last = key.rsplit(".", 1)[-1]
+        if last.endswith("dropout") and last != "input_dropout" and ok(key):
+            return key
+    return None
+
+
 def run_rate(rec: RunRecord) -> float | None:
     """The run's dropout rate from its config (``dropout``, ``model.dropout``, …)."""
-    flat = flatten(rec.config)
-    for key in RATE_KEYS:
-        v = flat.get(key)
-        if _is_number(v) and 0 <= v < 1:
-            return float(v)
-    for key, v in flat.items():  # e.g. "classifier.dropout"
-        if key.rsplit(".", 1)[-1] == "dropout" and _is_number(v) and 0 <= v < 1:
-            return float(v)
-    return None
+    key = rate_key(rec.config)
+    return None if key is None else float(flatten(rec.config)[key])
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -248,7 +261,7 @@ def _png(fig: Figure) -> bytes:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=100, facecolor="white")  # constrained layout: no "tight" pass
     return buf.getvalue()
 
 
@@ -348,8 +361,7 @@ def rate_groups(records: Sequence[RunRecord]) -> dict[str, dict[float, list[RunR
         flats = [flatten(r.config) for r, _ in members]
         varying = set()
         for k in {k for f in flats for k in f}:
-            if (_NOT_A_SETTING.search(k) or k == "task" or k in RATE_KEYS
-                    or k.rsplit(".", 1)[-1] == "dropout"):
+            if _NOT_A_SETTING.search(k) or k == "task" or k == rate_key(members[0][0].config):
                 continue
             values = {json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}
             # a setting with many values (a path, a timestamp) would split every run apart
@@ -469,16 +481,40 @@ def _setting_x(rec: dict[str, Any]) -> tuple[str, Any]:
     return "setting", fmt({k: v for k, v in flat.items() if not _is_number(v)}, 30)
 
 
-def _setting_series(rec: dict[str, Any]) -> str:
-    flat = flatten(rec)
-    for k in ("kind", "dropout_kind", "schedule", "dropout_schedule", "model"):
-        if isinstance(flat.get(k), str):
-            return f"{k}={flat[k]}"
-    return ""
+#: String fields of a sweep setting that name a series (when they vary between settings).
+_SERIES_KEYS = ("kind", "dropout_kind", "where", "dropout_where", "schedule",
+                "dropout_schedule", "model")
+
+
+def _series_namer(settings: Sequence[dict[str, Any]]) -> Any:
+    """A function naming a setting's series by the string fields that vary, e.g. ``kind=spatial``."""
+    flats = [flatten(r) for r in settings]
+    varying = [k for k in _SERIES_KEYS
+               if len({str(f.get(k)) for f in flats if isinstance(f.get(k), str)}) > 1]
+
+    def name(rec: dict[str, Any]) -> str:
+        flat = flatten(rec)
+        return " ".join(f"{k}={flat.get(k)}" for k in varying)
+
+    return name
+
+
+def lower_is_better(metric: str) -> bool:
+    """Loss-like metrics (loss, NLL, ECE, Brier, gap, FID, error) are minimised."""
+    return bool(re.search(r"loss|nll|ece|brier|gap|fid|kid|err|time", metric.lower()))
+
+
+def _metric_title(mean_key: str) -> str:
+    """``cv.acc.mean`` → ``cv acc``; ``cv_mean`` → ``cv``."""
+    return re.sub(r"[._]?mean$", "", mean_key).replace(".", " ") or mean_key
 
 
 def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
-    """Cross-validated score per sweep setting with ±1 std error bars."""
+    """Cross-validated score per sweep setting (mean ± 1 std over folds), best one starred.
+
+    The x axis is the dropout rate when settings carry one (``rate``, ``p``, …), else the
+    setting's name; settings that differ in kind or placement become separate lines.
+    """
     mean_keys: list[str] = []
     for r in settings:
         for k in _mean_keys(r):
@@ -486,8 +522,9 @@ def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
                 mean_keys.append(k)
     if not mean_keys:
         return None
-    mean_keys = mean_keys[:4]
-    fig, axes = _grid(len(mean_keys), cols=2, w=5.0, h=3.4)
+    mean_keys = mean_keys[:6]
+    namer = _series_namer(settings)
+    fig, axes = _grid(len(mean_keys), cols=3, w=4.2, h=3.1)
     for ax, mk in zip(axes, mean_keys):
         series: dict[str, list[tuple[Any, float, float]]] = {}
         xkind = "p"
@@ -498,8 +535,10 @@ def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
             xkind_r, x = _setting_x(r)
             xkind = xkind if xkind_r == "p" else "setting"
             sk = _std_key(mk, flat)
-            series.setdefault(_setting_series(r), []).append(
+            series.setdefault(namer(r), []).append(
                 (x, float(flat[mk]), float(flat[sk]) if sk else 0.0))
+        pick = min if lower_is_better(mk) else max
+        best_y = pick(t[1] for pts in series.values() for t in pts)
         for si, (name, pts) in enumerate(sorted(series.items())):
             if xkind == "p":
                 pts.sort(key=lambda t: t[0])
@@ -509,11 +548,13 @@ def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
                 ax.set_xticks(xs, [fmt(t[0], 14) for t in pts], rotation=30, ha="right")
             ax.errorbar(xs, [t[1] for t in pts], yerr=[t[2] for t in pts], marker="o",
                         capsize=4, color=_PALETTE[si % len(_PALETTE)], label=name or None)
-            best = max(range(len(pts)), key=lambda i: pts[i][1])
-            ax.plot([xs[best]], [pts[best][1]], marker="*", markersize=13, color="#f2b705",
-                    markeredgecolor="black", zorder=5)
+            for x, (_, y, _s) in zip(xs, pts):
+                if y == best_y:
+                    ax.plot([x], [y], marker="*", markersize=14, color="#f2b705",
+                            markeredgecolor="black", zorder=5)
         ax.set_xlabel("dropout rate p" if xkind == "p" else "setting", fontsize=8)
-        ax.set_title(f"{mk} ± std", fontsize=10)
+        better = "lower" if lower_is_better(mk) else "higher"
+        ax.set_title(f"{_metric_title(mk)} (mean ± std, {better} is better)", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         if len(series) > 1:
@@ -521,6 +562,45 @@ def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
     if title:
         fig.suptitle(title, fontsize=10)
     return _png(fig)
+
+
+def sweep_table(settings: Sequence[dict[str, Any]], caption: str = "settings") -> str:
+    """Settings as rows; each ``…mean``/``…std`` pair in one ``mean ± std`` cell.
+
+    The row with the best first metric gets the CSS class ``best``.
+    """
+    flats = [flatten(r) for r in settings]
+    means: list[str] = []
+    plain: list[str] = []
+    for f in flats:
+        for k, v in f.items():
+            if k in _mean_keys(f):
+                means += [k] if k not in means else []
+            elif not (re.search(r"(^|[._])std$", k) and _is_number(v)) and k not in plain:
+                plain.append(k)
+    best_row = -1
+    if means:
+        vals = [f.get(means[0]) if _is_number(f.get(means[0])) else None for f in flats]
+        ok = [i for i, v in enumerate(vals) if v is not None]
+        if ok:
+            pick = min if lower_is_better(means[0]) else max
+            best_row = pick(ok, key=lambda i: vals[i])
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in plain)
+    head += "".join(f"<th>{html.escape(_metric_title(m))}</th>" for m in means)
+    body = []
+    for i, f in enumerate(flats):
+        cells = "".join(f"<td>{html.escape(fmt(_scalarize(f.get(k)), 40))}</td>" for k in plain)
+        for m in means:
+            sk = _std_key(m, f)
+            text = fmt(f.get(m)) + (f" ± {fmt(f[sk])}" if sk else "")
+            cells += f"<td>{html.escape(text)}</td>"
+        cls = ' class="best"' if i == best_row else ""
+        body.append(f"<tr{cls}>{cells}</tr>")
+    note = (f' <span class="muted">— best {html.escape(_metric_title(means[0]))} '
+            "highlighted</span>") if best_row >= 0 else ""
+    return (f'<div class="table-wrap"><table class="plain"><caption>{html.escape(caption)}'
+            f"{note}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+            "</table></div>")
 
 
 #: evaluation.json keys (any nesting) holding per-sample uncertainty values.
@@ -642,17 +722,22 @@ def diff_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], caption: s
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _plain_table(rows: Sequence[dict[str, Any]], caption: str) -> str:
-    keys: list[str] = []
+def _rate_html(rows: Sequence[dict[str, Any]]) -> str:
+    """The rate table with one ``mean ± std`` cell per metric."""
+    metrics: list[str] = []
     for r in rows:
-        keys += [k for k in flatten(r) if k not in keys]
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(flatten(r).get(k), 40))}</td>" for k in keys) + "</tr>"
-        for r in rows
-    )
-    return (f'<div class="table-wrap"><table class="plain"><caption>{html.escape(caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+        metrics += [k[:-5] for k in r if k.endswith("_mean") and k[:-5] not in metrics]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    body = []
+    for r in rows:
+        cells = "".join(
+            f"<td>{fmt(r[m + '_mean'])} ± {fmt(r[m + '_std'])}</td>" if m + "_mean" in r
+            else "<td>—</td>" for m in metrics)
+        body.append(f"<tr><td>{html.escape(r['series'])}</td><td>{fmt(r['p'])}</td>"
+                    f"<td>{r['n']}</td>{cells}</tr>")
+    return ('<div class="table-wrap"><table class="plain"><caption>mean ± std over the runs '
+            f"at each rate</caption><thead><tr><th>series</th><th>p</th><th>n</th>{head}</tr>"
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 CSS = """
@@ -681,6 +766,7 @@ th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; whit
 thead th { background: #f0f2f5; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 th.diff { background: #ffe58a; }
+tr.best td, tbody tr.best:nth-child(even) td { background: #dcf5e3; font-weight: 600; }
 td.diff, tbody tr:nth-child(even) td.diff { background: var(--diff); font-weight: 600; }
 figure { margin: 0; display: inline-block; vertical-align: top; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
@@ -747,7 +833,7 @@ def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int]:
         parts.append("<h3>Sweep: score per setting</h3>")
         parts.append(w.plot(f"sweep_{rec.label}", plot_sweep(settings, rec.label),
                             f"sweep {rec.label}: mean ± std per setting"))
-        parts.append(_plain_table(settings, "settings"))
+        parts.append(sweep_table(settings, "settings (cross-validation over folds)"))
     if rec.evaluation:
         ev = {k: v for k, v in flatten(rec.evaluation).items()
               if not (isinstance(v, list) and len(v) > 20)}
@@ -801,29 +887,38 @@ def render_html(records: Sequence[RunRecord], files_dir: Path, title: str) -> tu
     w = _Writer(files_dir)
     anchors = [_anchor(i, r.label) for i, r in enumerate(records)]
     labels = [r.label for r in records]
-    tasks = sorted({r.task for r in records})
+    tasks = list(dict.fromkeys(r.task for r in records))
     body: list[str] = []
 
-    # runs table: config and summary, differences highlighted
-    cfg_rows = [{k: _scalarize(v) for k, v in flatten(r.config).items()} for r in records]
-    sum_rows = []
-    for r in records:
-        row = {k: _scalarize(v) for k, v in flatten(r.summary).items()}
-        if r.evaluation:
-            row.update({f"eval.{k}": _scalarize(v) for k, v in flatten(r.evaluation).items()
-                        if not isinstance(v, list)})
-        sum_rows.append(row)
-    body.append('<section id="runs"><h2>Runs</h2>'
-                + diff_table(sum_rows, labels, "Summary")
-                + diff_table(cfg_rows, labels, "Configuration") + "</section>")
+    # runs tables, one pair per task: summary and config, differences highlighted
+    runs_html = ['<section id="runs"><h2>Runs</h2>']
+    for task in tasks:
+        members = [r for r in records if r.task == task]
+        cfg_rows = [{k: _scalarize(v) for k, v in flatten(r.config).items() if k != "task"}
+                    for r in members]
+        sum_rows = []
+        for r in members:
+            row = {k: _scalarize(v) for k, v in flatten(r.summary).items() if k != "task"}
+            if r.evaluation:
+                row.update({f"eval.{k}": _scalarize(v) for k, v in flatten(r.evaluation).items()
+                            if not isinstance(v, list)})
+            sum_rows.append(row)
+        mlabels = [r.label for r in members]
+        n = len(members)
+        runs_html.append(f'<h3>{html.escape(task)} <span class="muted">{n} run'
+                         f'{"s" if n > 1 else ""}</span></h3>'
+                         + diff_table(sum_rows, mlabels, "Summary")
+                         + diff_table(cfg_rows, mlabels, "Configuration"))
+    body.append("".join(runs_html) + "</section>")
 
     # metric vs dropout rate
     groups = rate_groups(records)
     png = plot_metric_vs_rate(groups)
     if png is not None:
         body.append('<section id="rates"><h2>Metrics vs dropout rate</h2>'
-                    + w.plot("metrics_vs_rate", png, "test metrics vs dropout rate (mean ± std)")
-                    + _plain_table(rate_table(groups), "mean ± std per rate") + "</section>")
+                    + w.plot("metrics_vs_rate", png, "summary metrics vs dropout rate (mean ± std)")
+                    + _rate_html(rate_table({s: g for s, g in groups.items() if len(g) >= 2}))
+                    + "</section>")
 
     # learning curves, one figure per task
     curves = []
