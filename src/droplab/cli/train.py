@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
     t.add_argument("--tensorboard", action="store_true", default=None,
                    help="log to RUN/tensorboard (needs the tensorboard package)")
     add_run_options(p)
-    p.set_defaults(func=train_command)
+    p.set_defaults(func=train_command, seed=None)  # None: 0, or the resumed run's seed
 
     e = subparsers.add_parser(
         "evaluate",
@@ -129,7 +129,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None:
             values[name] = ("on" if value else "off") if name == "augment" else value
-    values.update(seed=args.seed, device=args.device, out=args.out)
+    if args.seed is not None:
+        values["seed"] = args.seed
+    values.update(device=args.device, out=args.out)
     return ClassifyConfig(**values)
 
 
