@@ -49,6 +49,8 @@ def test_kinds_registry() -> None:
         L.make_dropout("gauss", 0.1)
     with pytest.raises(InvalidValue, match="block_size"):
         L.make_dropout("dropout", 0.1, block_size=3)
+    with pytest.raises(InvalidValue, match=r"needs in_features, out_features.*from_module"):
+        L.make_dropout("dropconnect", 0.1)
 
 
 @pytest.mark.parametrize("kind", sorted(L.KINDS))

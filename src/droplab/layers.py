@@ -411,4 +411,13 @@ def make_dropout(kind: str, p: float, **kw: Any) -> DropoutModule:
         raise InvalidValue(
             f"dropout kind {kind!r} has no option(s) {', '.join(bad)}; its options: {options}"
         )
+    missing = [n for n, q in accepted.items()
+               if n not in ("self", "p") and q.default is q.empty
+               and q.kind is not q.VAR_KEYWORD and n not in kw]
+    if missing:
+        raise InvalidValue(
+            f"dropout kind {kind!r} needs {', '.join(missing)}"
+            + ("; to wrap an existing layer use DropConnectLinear/DropConnectConv2d"
+               ".from_module(layer, p)" if kind == "dropconnect" else "")
+        )
     return cls(p=p, **kw)
