@@ -235,3 +235,27 @@ def test_config_validation_is_one_line() -> None:
         TrainConfig(lr=-1)
     with pytest.raises(InvalidValue, match="label-smoothing"):
         TrainConfig(label_smoothing=1.0)
+
+
+def test_max_norm_caps_every_unit_after_each_step() -> None:
+    tr, va = loaders()
+    model = mlp()
+    fit(model, tr, va, TrainConfig(epochs=1, lr=0.5, max_norm=0.5), device="cpu")
+    for layer in (model[0], model[3]):
+        assert layer.weight.norm(dim=1).max() <= 0.5 + 1e-5
+    free = mlp()
+    fit(free, tr, va, TrainConfig(epochs=1, lr=0.5), device="cpu")
+    assert free[0].weight.norm(dim=1).max() > 0.6  # without the cap, lr 0.5 grows rows past it
+
+
+def test_concrete_dropout_regulariser_is_added() -> None:
+    """With a dominant dropout regulariser (D·λ·(p log p + (1-p) log(1-p)), minimal at
+    p = 0.5) the learned rate climbs from 0.1 towards 0.5; the NLL alone would lower it."""
+    from droplab.layers import ConcreteDropout
+
+    tr, va = loaders()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(),
+                          ConcreteDropout(0.1, nn.Linear(32, 3), dropout_regularizer=1.0))
+    res = fit(model, tr, va, TrainConfig(epochs=2, lr=0.05), device="cpu")
+    assert model[2].p > 0.3 and res["train_loss"] > 0

@@ -496,9 +496,8 @@ def fit(
             x, y = _to_device(x, y, device, cfg.channels_last)
             with _autocast(device, amp_dtype):
                 logits = train_model(x)
-                loss = criterion(logits.float(), y)
-                if concrete:
-                    loss = loss + concrete_regularization(model)
+                data_loss = criterion(logits.float(), y)
+                loss = data_loss + concrete_regularization(model) if concrete else data_loss
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:
@@ -514,7 +513,7 @@ def fit(
                 _apply_max_norm(model, cfg.max_norm)
             step += 1
 
-            loss_sum += loss.detach().double() * y.numel()
+            loss_sum += data_loss.detach().double() * y.numel()  # without regularisers
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
             if main_process and batch_idx % 10 == 0 and hasattr(bar, "set_postfix"):

@@ -1,0 +1,249 @@
+"""Classification benchmarks: accuracy targets, MC-dropout calibration and loop overhead.
+
+Each target writes its figures into ``benchmarks/results/classify.json`` (merged, keyed by
+target) and prints them as one JSON object::
+
+    python benchmarks/classify.py digits                    # MLP+dropout: >= 97% in < 60 s
+    python benchmarks/classify.py throughput                # droplab fit vs a hand loop, >= 0.95x
+    python benchmarks/classify.py mnist-cnn --data-root ../shared/datasets   # >= 99.4%, <= 15 min
+    python benchmarks/classify.py mnist-mlp --data-root ../shared/datasets   # 2x800: 1.60% -> 1.35%
+    python benchmarks/classify.py cifar --data-root ../shared/datasets       # >= 85%, <= 45 min
+    python benchmarks/classify.py cifar-mc                  # MC T=30 ECE < deterministic ECE
+
+``cifar-mc`` evaluates the run folder that ``cifar`` left (``--run``, default
+``benchmarks/runs/cifar``). ``--threads N`` sets torch's intra-op threads (on a busy
+shared CPU one thread per process avoids OpenMP spin-waiting). Timings are wall-clock on
+whatever machine runs this; compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "classify.json"
+RUNS = ROOT / "runs"
+
+
+def save(target: str, result: dict[str, Any]) -> None:
+    from droplab.runs import atomic_write_json
+
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result = {**result, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+    data[target] = result
+    atomic_write_json(RESULTS, data)
+    print(json.dumps(result))
+
+
+def fresh(name: str) -> str:
+    path = RUNS / name
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)
+
+
+def train(name: str, **kw: Any) -> dict[str, Any]:
+    from droplab.tasks.classify import ClassifyConfig, run
+
+    t0 = time.perf_counter()
+    summary = run(ClassifyConfig(out=fresh(name), **kw))
+    summary["wall_s"] = time.perf_counter() - t0
+    return summary
+
+
+# -- targets ------------------------------------------------------------------------------
+def bench_digits(args: argparse.Namespace) -> None:
+    s = train("digits", dataset="digits", model="mlp", dropout=0.5, epochs=args.epochs or 10,
+              device=args.device, seed=args.seed)
+    save("digits", {
+        "command": f"droplab train --dataset digits --model mlp --dropout 0.5 --epochs {s['epochs']}",
+        "test_acc": s["test_acc"], "test_ece": s["test_ece"], "wall_s": s["wall_s"],
+        "train_s": s["time_s"], "target_acc": 0.97, "target_wall_s": 60.0,
+        "wall_vs_budget": s["wall_s"] / 60.0,
+        "pass": s["test_acc"] >= 0.97 and s["wall_s"] < 60.0,
+    })
+
+
+def bench_mnist_cnn(args: argparse.Namespace) -> None:
+    s = train("mnist-cnn", dataset="mnist", data_root=args.data_root, model="lenet", dropout=0.5,
+              epochs=args.epochs or 15, batch_size=128, lr=0.05, augment="on",
+              lr_schedule="onecycle", device=args.device, seed=args.seed,
+              channels_last=True)
+    save("mnist-cnn", {
+        "command": ("droplab train --dataset mnist --model lenet --dropout 0.5 --epochs "
+                    f"{s['epochs']} --batch-size 128 --lr 0.05 --lr-schedule onecycle --augment "
+                    "--channels-last"),
+        "test_acc": s["test_acc"], "test_error_pct": 100 * (1 - s["test_acc"]),
+        "wall_s": s["wall_s"], "target_acc": 0.994, "target_wall_s": 900.0,
+        "wall_vs_budget": s["wall_s"] / 900.0,
+        "pass": s["test_acc"] >= 0.994 and s["wall_s"] <= 900.0,
+    })
+
+
+def bench_mnist_mlp(args: argparse.Namespace) -> None:
+    """Srivastava et al. 2014, Table 2: 2×800 ReLU MLP, 1.60% error without dropout, 1.35%
+    with dropout (0.2 input, 0.5 hidden; they train far longer, with max-norm)."""
+    epochs = args.epochs or 50
+    common = dict(dataset="mnist", data_root=args.data_root, model="mlp", widths=[800, 800],
+                  epochs=epochs, batch_size=128, lr=0.05, lr_schedule="cosine",
+                  weight_decay=0.0, device=args.device, seed=args.seed)
+    plain = train("mnist-mlp-plain", dropout=0.0, **common)
+    drop = train("mnist-mlp-dropout", dropout=0.5, input_dropout=0.2, max_norm=3.5, **common)
+    save("mnist-mlp", {
+        "command": (f"droplab train --dataset mnist --model mlp --widths 800,800 --epochs {epochs} "
+                    "--batch-size 128 --lr 0.05 --weight-decay 0 [--dropout 0 | --dropout 0.5 "
+                    "--input-dropout 0.2 --max-norm 3.5]"),
+        "error_pct_no_dropout": 100 * (1 - plain["test_acc"]),
+        "error_pct_dropout": 100 * (1 - drop["test_acc"]),
+        "paper_error_pct": {"no_dropout": 1.60, "dropout": 1.35},
+        "error_ratio_dropout_vs_plain": (1 - drop["test_acc"]) / max(1e-9, 1 - plain["test_acc"]),
+        "wall_s": plain["wall_s"] + drop["wall_s"],
+        "pass": drop["test_acc"] > plain["test_acc"],
+    })
+
+
+def cifar_config(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(dataset="cifar10", data_root=args.data_root, model="convnet", dropout=0.2,
+                dropout_where="all", epochs=args.epochs or 30, batch_size=128, lr=0.1,
+                lr_schedule="onecycle", augment="on", channels_last=True,
+                device=args.device, seed=args.seed)
+
+
+def bench_cifar(args: argparse.Namespace) -> None:
+    cfg = cifar_config(args)
+    s = train("cifar", **cfg)
+    save("cifar", {
+        "command": ("droplab train --dataset cifar10 --model convnet --dropout 0.2 "
+                    f"--dropout-where all --epochs {cfg['epochs']} --batch-size 128 --lr 0.1 "
+                    "--lr-schedule onecycle --augment --channels-last --out benchmarks/runs/cifar"),
+        "test_acc": s["test_acc"], "test_ece": s["test_ece"], "wall_s": s["wall_s"],
+        "images_per_s": s["images_per_s"], "target_acc": 0.85, "target_wall_s": 2700.0,
+        "wall_vs_budget": s["wall_s"] / 2700.0,
+        "pass": s["test_acc"] >= 0.85 and s["wall_s"] <= 2700.0,
+    })
+
+
+def bench_cifar_mc(args: argparse.Namespace) -> None:
+    from droplab.tasks.classify import evaluate_run
+
+    run_dir = args.run or str(RUNS / "cifar")
+    t0 = time.perf_counter()
+    ev = evaluate_run(run_dir, mc=30, device=args.device, seed=args.seed)
+    save("cifar-mc", {
+        "command": f"droplab evaluate {run_dir} --mc 30",
+        "acc": ev["acc"], "ece": ev["ece"], "nll": ev["nll"],
+        "mc_acc": ev["mc_acc"], "mc_ece": ev["mc_ece"], "mc_nll": ev["mc_nll"],
+        "ece_ratio_mc_vs_deterministic": ev["mc_ece"] / max(ev["ece"], 1e-12),
+        "wall_s": time.perf_counter() - t0,
+        "pass": ev["mc_ece"] < ev["ece"],
+    })
+
+
+def _hand_loop(model: torch.nn.Module, loader: Any, epochs: int, lr: float,
+               device: torch.device) -> float:
+    """The minimal loop droplab's fit is compared with: SGD+Nesterov, cosine per batch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                          weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
+    model.train()
+    n, t0 = 0, time.perf_counter()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n += y.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def bench_throughput(args: argparse.Namespace) -> None:
+    """Images/s of droplab.train.fit vs the hand loop: same model, data, batch, device;
+    alternating, ``--repeats`` times each, medians compared."""
+    from droplab import data as D
+    from droplab.models import ModelConfig, build_model
+    from droplab.runtime import resolve_device, seed_everything
+    from droplab.train import TrainConfig, fit
+
+    device = resolve_device(args.device)
+    if args.data_root and (Path(args.data_root) / "MNIST" / "raw").is_dir():
+        bundle = D.load_dataset("mnist", args.data_root, download=False, limit=args.limit)
+        model_name = "lenet"
+    else:
+        bundle = D.load_dataset("digits")
+        model_name = "mlp"
+    loader = D.Loader(bundle.train, batch_size=args.batch_size, shuffle=True, mean=bundle.mean,
+                      std=bundle.std, device=device, seed=0)
+    epochs = args.epochs or 1
+
+    def model() -> torch.nn.Module:
+        seed_everything(0)
+        return build_model(ModelConfig(name=model_name, dropout=0.5), bundle.in_shape,
+                           bundle.num_classes).to(device)
+
+    # warm-up both paths once (first-call allocations, lazy imports)
+    _hand_loop(model(), loader, 1, 0.05, device)
+    cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=0.05, amp="off")
+    fit(model(), loader, None, cfg, device=device)
+    droplab_ips, hand_ips = [], []
+    for _ in range(args.repeats):
+        hand_ips.append(_hand_loop(model(), loader, epochs, 0.05, device))
+        droplab_ips.append(fit(model(), loader, None, cfg, device=device)["images_per_s"])
+    ratio = statistics.median(droplab_ips) / statistics.median(hand_ips)
+    save("throughput", {
+        "command": (f"python benchmarks/classify.py throughput --epochs {epochs} --batch-size "
+                    f"{args.batch_size} --limit {args.limit} --repeats {args.repeats}"),
+        "dataset": bundle.name, "images": len(bundle.train), "model": model_name,
+        "batch_size": args.batch_size, "device": str(device),
+        "droplab_images_per_s": droplab_ips, "hand_loop_images_per_s": hand_ips,
+        "ratio_droplab_vs_hand": ratio, "target_ratio": 0.95, "pass": ratio >= 0.95,
+    })
+
+
+TARGETS = {
+    "digits": bench_digits,
+    "mnist-cnn": bench_mnist_cnn,
+    "mnist-mlp": bench_mnist_mlp,
+    "cifar": bench_cifar,
+    "cifar-mc": bench_cifar_mc,
+    "throughput": bench_throughput,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("target", choices=sorted(TARGETS))
+    p.add_argument("--data-root", default=None, help="folder holding MNIST/ or cifar10-jpg/")
+    p.add_argument("--epochs", type=int, default=None, help="override the target's epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--run", default=None, help="cifar-mc: the cifar run folder")
+    p.add_argument("--batch-size", type=int, default=128, help="throughput: batch size")
+    p.add_argument("--limit", type=int, default=500, help="throughput: MNIST images per class")
+    p.add_argument("--repeats", type=int, default=3, help="throughput: timed runs per loop")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be positive")
+    TARGETS[args.target](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
