@@ -41,7 +41,6 @@ def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
             assert set(r["cv"][k]) == {"mean", "std"}
         # CV accuracy of a 10-class model trained 2 epochs is far above chance (0.1)
         assert r["cv"]["acc"]["mean"] > 0.3
-        assert r["cv"]["robust_acc"]["mean"] <= r["cv"]["acc"]["mean"] + 1e-9 or True
     best = max(summary["settings"], key=lambda r: r["cv"]["acc"]["mean"])
     assert summary["pick"]["rate"] == best["rate"]
     assert 0 <= summary["test_acc"] <= 1
@@ -88,9 +87,9 @@ def test_kill_9_mid_trial_then_resume_finishes_every_setting_once(tmp_path: Path
     from optuna.trial import TrialState
 
     out = tmp_path / "killed"
-    rates = ["0", "0.2", "0.4", "0.6"]
+    rates = ["0", "0.3", "0.6"]
     cmd = [sys.executable, "-m", "droplab", "sweep", *TINY, "--rates", ",".join(rates),
-           "--folds", "2", "--epochs", "3", "--heartbeat-interval", "1", "--grace-period", "2",
+           "--folds", "2", "--epochs", "2", "--heartbeat-interval", "1", "--grace-period", "2",
            "--out", str(out), "--json"]
     env = {**os.environ, "DROPLAB_PROGRESS": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -103,10 +102,12 @@ def test_kill_9_mid_trial_then_resume_finishes_every_setting_once(tmp_path: Path
             continue
         try:
             with sqlite3.connect(db, timeout=0.2) as con:
-                states = [s for (s,) in con.execute("SELECT state FROM trials")]
+                mid = con.execute(
+                    "SELECT COUNT(*) FROM trials t JOIN trial_intermediate_values v "
+                    "ON t.trial_id = v.trial_id WHERE t.state = 'RUNNING'").fetchone()[0]
         except sqlite3.Error:
             continue
-        if "COMPLETE" in states and "RUNNING" in states:
+        if mid:  # a trial has reported fold 0 and is training fold 1
             proc.send_signal(signal.SIGKILL)  # mid-trial: a RUNNING trial is left behind
             killed = True
             break

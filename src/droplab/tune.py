@@ -252,6 +252,17 @@ def redact(url: str) -> str:
         return url
 
 
+def driver_url(url: str) -> str:
+    """Pick an installed PostgreSQL driver: SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3;
+    fall back to psycopg2 (droplab's ``pg`` extra) when only that one is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def default_storage(out: Path, workers: int) -> str:
     if workers > 1:
         return f"journal:{(out / 'study.journal').resolve()}"
@@ -297,7 +308,7 @@ def make_storage(url: str, cfg: SweepConfig) -> Any:
     grace = cfg.grace_period if cfg.grace_period is not None else 2 * cfg.heartbeat_interval
     try:
         return optuna.storages.RDBStorage(
-            url,
+            driver_url(url),
             engine_kwargs=engine_kwargs,
             heartbeat_interval=cfg.heartbeat_interval,
             grace_period=grace,
@@ -469,8 +480,11 @@ def study_state(study: Any, cfg: SweepConfig) -> dict[str, int | bool]:
         wanted = {setting_key(s) for s in cfg.space.settings()}
         covered = {setting_key(t.params) for t in trials if _counted(t) and t.params}
         done = wanted <= covered
-        # GridSampler gives trial numbers 0..G-1 the grid points 0..G-1; later ones are retries
-        need_new = len(trials) < len(wanted)
+        # a grid point not finished, running or queued needs a new trial (GridSampler gives
+        # it an unvisited point; a race between workers is caught as surplus in Objective)
+        taken = covered | {setting_key(t.params) for t in trials if t.params and
+                           t.state in (TrialState.RUNNING, TrialState.WAITING)}
+        need_new = not wanted <= taken
     else:
         n_done = sum(_counted(t) for t in trials)
         done = n_done >= cfg.target_trials
@@ -638,7 +652,11 @@ def worker_loop(cfg: SweepConfig, url: str, name: str, *, threads: int | None = 
                 prep = Prepared(cfg)
             objective = Objective(prep)
             study.optimize(objective, n_trials=1, catch=(_Surplus,), gc_after_trial=False)
-            ran += 1
+            last = study.trials[-1]
+            if last.user_attrs.get(SURPLUS):
+                time.sleep(poll)  # another worker holds that grid point; let it progress
+            else:
+                ran += 1
             continue
         if st["running"] and wait_for_others:
             time.sleep(poll)

@@ -1,0 +1,106 @@
+"""droplab.tune: search-space parsing, study storage, stale-trial recovery, TPE + pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from droplab import tune
+from droplab.errors import InvalidValue, UserError
+from droplab.tasks.classify import ClassifyConfig
+
+
+def _cfg(tmp_path: Path, rates: list[float], **kw: object) -> tune.SweepConfig:
+    base = ClassifyConfig(dataset="digits", limit=20, model="mlp", epochs=1, device="cpu",
+                          val_fraction=0.0, out=str(tmp_path / "out"))
+    return tune.SweepConfig(base=base, space=tune.SearchSpace(rates), folds=2, threads=1,
+                            attack_samples=20, **kw)  # type: ignore[arg-type]
+
+
+def test_parse_rates_list_and_inclusive_range() -> None:
+    assert tune.parse_rates("0, 0.25,0.5") == [0.0, 0.25, 0.5]
+    assert tune.parse_rates("0:0.5:6") == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert tune.parse_rates("0.3:0.3:1") == [0.3]
+    with pytest.raises(InvalidValue, match="outside"):
+        tune.parse_rates("0:1:3")  # ends at 1.0, not a drop probability
+    with pytest.raises(InvalidValue, match="not a number"):
+        tune.parse_rates("0,abc")
+
+
+def test_joining_with_a_different_space_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    a = _cfg(tmp_path, [0.0, 0.5])
+    study = tune.open_study(a, url, "s", create=True)
+    assert study.user_attrs[tune.SPACE_ATTR]["space"]["rate"] == [0.0, 0.5]
+    tune.open_study(_cfg(tmp_path, [0.0, 0.5]), url, "s", create=False)  # same space: fine
+    with pytest.raises(UserError, match=r"different search space .*\(space\)"):
+        tune.open_study(_cfg(tmp_path, [0.0, 0.25]), url, "s", create=False)
+    with pytest.raises(UserError, match=r"different search space .*folds"):
+        tune.open_study(dataclasses.replace(_cfg(tmp_path, [0.0, 0.5]), folds=3), url, "s",
+                        create=False)
+    with pytest.raises(UserError, match="no study 'nope'"):
+        tune.open_study(a, url, "nope", create=False)
+
+
+def test_journal_trials_of_dead_local_workers_are_failed_and_queued_once(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, [0.0, 0.5], workers=2)
+    url = tune.default_storage(tmp_path, workers=2)
+    assert url.startswith("journal:")
+    study = tune.open_study(cfg, url, "j", create=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is gone
+    host = socket.gethostname()
+    dist = {"rate": CategoricalDistribution([0.0, 0.5])}
+    for rate, pid in ((0.0, dead.pid), (0.5, os.getpid())):
+        study.add_trial(optuna.create_trial(state=TrialState.RUNNING, params={"rate": rate},
+                                            distributions=dist,
+                                            user_attrs={"worker": f"{host}:{pid}"}))
+    assert tune.reap_dead_trials(study) == 1
+    states = {(t.params["rate"], t.state) for t in study.trials}
+    assert states == {(0.0, TrialState.FAIL), (0.5, TrialState.RUNNING), (0.0, TrialState.WAITING)}
+    retry = next(t for t in study.trials if t.state == TrialState.WAITING)
+    assert retry.system_attrs["failed_trial"] == 0
+    assert tune.reap_dead_trials(study) == 0  # a second pass does not queue it again
+
+
+def test_study_state_counts_grid_points_not_trials(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, [0.0, 0.5])
+    study = tune.open_study(cfg, f"sqlite:///{tmp_path / 's.db'}", "g", create=True)
+    dists = {"rate": CategoricalDistribution([0.0, 0.5]), "kind": CategoricalDistribution(["dropout"]),
+             "where": CategoricalDistribution(["head"])}
+    p0 = {"rate": 0.0, "kind": "dropout", "where": "head"}
+    study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=0.9, params=p0,
+                                        distributions=dists))
+    study.add_trial(optuna.create_trial(state=TrialState.COMPLETE, value=0.9, params=p0,
+                                        distributions=dists))
+    st = tune.study_state(study, cfg)
+    assert not st["done"] and st["need_new"]  # two trials, but rate 0.5 is still missing
+    study.add_trial(optuna.create_trial(state=TrialState.PRUNED, params={**p0, "rate": 0.5},
+                                        distributions=dists, intermediate_values={0: 0.1}))
+    assert tune.study_state(study, cfg)["done"]
+
+
+def test_tpe_with_median_pruning_reports_fold_scores_as_steps(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, tune.parse_rates("0:0.9:4"), sampler="tpe", n_trials=3,
+               pruner="median")
+    summary = tune.run(cfg)
+    assert summary["complete"]
+    url = summary["storage"]
+    study = optuna.load_study(study_name=summary["study_name"], storage=url)
+    counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) >= 3
+    for t in counted:
+        folds = t.user_attrs["folds"]
+        # step i holds fold i's accuracy; a pruned trial stops after the fold it was pruned at
+        assert [t.intermediate_values[i] for i in range(len(folds))] == [f["acc"] for f in folds]
+        if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs:
+            assert len(folds) == 2 and t.value == pytest.approx(sum(f["acc"] for f in folds) / 2)
+    assert summary["pick"]["rate"] in cfg.space.rates
