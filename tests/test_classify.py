@@ -181,3 +181,24 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     assert [r["epoch"] for r in recs] == [1, 2, 3, 4, 5]
     # each rank sees half of the 1293 training images per epoch with half the batch
     assert recs[0]["step"] == math.ceil(math.ceil(1293 / 2) / 16)
+
+
+def test_reliability_bins_match_uncertainty_ece(tmp_path: Path) -> None:
+    """plots.calibration_bins and uncertainty.expected_calibration_error agree (same
+    equal-width 15-bin definition), and the figures are written as PNG files."""
+    from droplab import plots
+    from droplab.uncertainty import expected_calibration_error
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(500, 4, generator=g), 1)
+    labels = torch.randint(0, 4, (500,), generator=g)
+    b = plots.calibration_bins(probs, labels, 15)
+    ok = b["count"] > 0
+    ece = float(np.sum(b["count"][ok] / 500 * np.abs(b["accuracy"][ok] - b["confidence"][ok])))
+    assert ece == pytest.approx(expected_calibration_error(probs, labels, 15), abs=1e-6)
+    assert b["count"].sum() == 500
+    plots.reliability_diagram(probs, labels, tmp_path / "rel.png")
+    plots.confusion_matrix_plot(labels, probs.argmax(1), list("abcd"), tmp_path / "cm.png")
+    plots.learning_curves([{"epoch": 1, "train_loss": 1.0, "val_acc": 0.5}], tmp_path / "lc.png")
+    for f in ("rel.png", "cm.png", "lc.png"):
+        assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"
