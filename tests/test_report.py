@@ -22,11 +22,13 @@ from droplab.cli import MODULES, main
 from droplab.report import (
     ReportConfig,
     RunRecord,
+    image_sequences,
     load_run_record,
     rate_groups,
     rate_table,
     run,
     sweep_settings,
+    sweep_table,
     thin,
     uncertainty_arrays,
 )
@@ -213,7 +215,7 @@ def test_report_of_mixed_runs_embeds_decodable_images_and_highlights_differences
     assert page.tables == 2 * 3 + 2  # + the sweep settings and the rate table
     # the sweep table: one "mean ± std" cell per metric, the best setting's row marked
     text = out.read_text()
-    assert '<tr class="best"><td>0.2</td><td>dropout</td>' in text
+    assert "<tr class=\"best\"><td>0.2</td><td>dropout</td>" in text  # the pick
     assert "<td>0.9 ± 0.01</td>" in text
     classes: dict[str, set[str]] = {}
     for text, cls in page.th:
@@ -258,6 +260,28 @@ def test_sweep_settings_and_uncertainty_arrays_are_found() -> None:
     assert sweep_settings({"test_acc": 0.9, "classes": ["a", "b"]}) is None
     arrays = uncertainty_arrays({"mi": {"entropy": [0.1] * 12}, "acc": 0.5, "labels": [1] * 50})
     assert list(arrays) == ["mi.entropy"]
+
+
+def test_sweep_table_marks_the_pick_else_the_best_mean() -> None:
+    settings = [{"rate": 0.1, "cv": {"nll": {"mean": 0.3, "std": 0.1}}},
+                {"rate": 0.3, "cv": {"nll": {"mean": 0.2, "std": 0.1}}},
+                {"rate": 0.5, "cv": {"nll": {"mean": 0.4, "std": 0.1}}}]
+    # no pick: NLL is lower-is-better, so 0.3 wins
+    assert '<tr class="best"><td>0.3</td><td>0.2 ± 0.1</td>' in sweep_table(settings)
+    picked = sweep_table(settings, pick={"rate": 0.5, "cv_score": 0.4})
+    assert '<tr class="best"><td>0.5</td>' in picked and picked.count('class="best"') == 1
+
+
+def test_image_sequences_of_gan_and_style_runs(tmp_path: Path) -> None:
+    # gan: samples_epoch_XXX.png; stylize: step-XXXXX.png beside stylized.png
+    names = ["samples_epoch_002.png", "samples_epoch_010.png", "samples_epoch_001.png",
+             "step-00050.png", "step-00100.png", "stylized.png", "samples.png"]
+    for i, n in enumerate(names):
+        _png(tmp_path / n, i, 8)
+    seqs, singles = image_sequences(sorted(tmp_path.iterdir()), tmp_path)
+    assert {k: [n for n, _ in v] for k, v in seqs.items()} == {
+        "samples (epoch)": [1, 2, 10], "steps": [50, 100]}
+    assert sorted(p.name for p in singles) == ["samples.png", "stylized.png"]
 
 
 def test_thin_keeps_first_and_last() -> None:

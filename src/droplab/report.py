@@ -303,8 +303,7 @@ def plot_learning_curves(records: Sequence[RunRecord], title: str = "") -> bytes
     ``train_X``, ``val_X`` and ``test_X`` share the panel ``X`` (solid, dashed, dotted).
     Returns PNG bytes, or ``None`` when no run has a numeric series.
     """
-    panels: dict[str, list[tuple[int, str, list[float], list[float], str]]] = {}
-    xlabels: set[str] = set()
+    panels: dict[str, list[tuple[int, str, list[float], list[float], str, str]]] = {}
     for ri, rec in enumerate(records):
         rows = rec.metrics
         keys: list[str] = []
@@ -314,30 +313,35 @@ def plot_learning_curves(records: Sequence[RunRecord], title: str = "") -> bytes
                     keys.append(k)
         for k in keys:
             sub = [r for r in rows if _is_number(r.get(k))]
-            if not sub:
-                continue
             xkey, xs = _series_x(sub)
-            xlabels.add(xkey)
             group, prefix = _metric_group(k)
             panels.setdefault(group, []).append(
-                (ri, prefix, xs, [float(r[k]) for r in sub], k)
-            )
+                (ri, prefix, xs, [float(r[k]) for r in sub], k, xkey))
     if not panels:
         return None
     names = sorted(panels, key=_group_order)
     fig, axes = _grid(len(names))
     multi = len(records) > 1
     for ax, name in zip(axes, names):
-        for ri, prefix, xs, ys, key in panels[name]:
-            label = f"{records[ri].label} {prefix.rstrip('_')}".strip() if multi else key
+        for ri, prefix, xs, ys, key, _x in panels[name]:
             ax.plot(xs, ys, _STYLES.get(prefix, "-"), color=_PALETTE[ri % len(_PALETTE)],
-                    marker="o" if len(xs) <= 25 else None, markersize=3, label=label)
+                    marker="o" if len(xs) <= 25 else None, markersize=3,
+                    label=None if multi else key)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel(" / ".join(sorted(xlabels)), fontsize=8)
+        ax.set_xlabel(" / ".join(sorted({t[5] for t in panels[name]})), fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        if len(panels[name]) > 1 and len(panels[name]) <= 8:
+        if not multi and len(panels[name]) > 1:
             ax.legend(fontsize=7)
+    if multi:  # one legend: colour = run, line style = split
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=_PALETTE[i % len(_PALETTE)], marker="o", markersize=3,
+                          label=r.label) for i, r in enumerate(records)]
+        used = {t[1] for v in panels.values() for t in v}
+        handles += [Line2D([], [], color="0.3", linestyle=_STYLES[pre], label=pre.rstrip("_"))
+                    for pre in ("train_", "val_", "valid_", "test_") if pre in used]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     return _png(fig)
@@ -378,11 +382,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+#: Summary keys that look like results worth plotting against the rate.
+_RESULT = re.compile(r"acc|loss|ece|nll|brier|fid|kid|auroc|auc|entropy|score|precision|"
+                     r"recall|coverage|gap|error|robust|psnr|ssim|lpips|content|style")
+
+
 def _result_keys(records: Iterable[RunRecord]) -> list[str]:
+    """Numeric summary keys that name results (accuracy, losses, calibration, FID, …)."""
     keys: list[str] = []
     for r in records:
+        rk = (rate_key(r.config) or "").rsplit(".", 1)[-1]
         for k, v in r.summary.items():
-            if _is_number(v) and k not in _NOT_A_RESULT and k not in keys:
+            if (_is_number(v) and k not in _NOT_A_RESULT and k != rk and k not in keys
+                    and _RESULT.search(k)):
                 keys.append(k)
     order = ("test_acc", "test_loss", "test_ece", "test_nll", "best_val_acc")
     return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
@@ -564,10 +576,12 @@ def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
     return _png(fig)
 
 
-def sweep_table(settings: Sequence[dict[str, Any]], caption: str = "settings") -> str:
+def sweep_table(settings: Sequence[dict[str, Any]], caption: str = "settings",
+                pick: dict[str, Any] | None = None) -> str:
     """Settings as rows; each ``…mean``/``…std`` pair in one ``mean ± std`` cell.
 
-    The row with the best first metric gets the CSS class ``best``.
+    The sweep's own pick (the settings whose fields match every field ``pick`` shares with
+    them) gets the CSS class ``best``; without one, the row with the best first metric.
     """
     flats = [flatten(r) for r in settings]
     means: list[str] = []
@@ -579,7 +593,13 @@ def sweep_table(settings: Sequence[dict[str, Any]], caption: str = "settings") -
             elif not (re.search(r"(^|[._])std$", k) and _is_number(v)) and k not in plain:
                 plain.append(k)
     best_row = -1
-    if means:
+    if isinstance(pick, dict):
+        for i, f in enumerate(flats):
+            shared = [k for k in pick if k in f and not isinstance(pick[k], dict | list)]
+            if shared and all(f[k] == pick[k] for k in shared):
+                best_row = i
+                break
+    if means and best_row < 0:
         vals = [f.get(means[0]) if _is_number(f.get(means[0])) else None for f in flats]
         ok = [i for i, v in enumerate(vals) if v is not None]
         if ok:
@@ -592,12 +612,16 @@ def sweep_table(settings: Sequence[dict[str, Any]], caption: str = "settings") -
         cells = "".join(f"<td>{html.escape(fmt(_scalarize(f.get(k)), 40))}</td>" for k in plain)
         for m in means:
             sk = _std_key(m, f)
-            text = fmt(f.get(m)) + (f" ± {fmt(f[sk])}" if sk else "")
+            text = fmt(f.get(m)) + (f" ± {f[sk]:.2g}" if sk else "")
             cells += f"<td>{html.escape(text)}</td>"
         cls = ' class="best"' if i == best_row else ""
         body.append(f"<tr{cls}>{cells}</tr>")
-    note = (f' <span class="muted">— best {html.escape(_metric_title(means[0]))} '
-            "highlighted</span>") if best_row >= 0 else ""
+    note = ""
+    if best_row >= 0:
+        what = "the sweep's pick" if isinstance(pick, dict) else f"best {_metric_title(means[0])}"
+        note = f' <span class="muted">— {html.escape(what)} highlighted</span>'
+    if not flats:
+        return ""
     return (f'<div class="table-wrap"><table class="plain"><caption>{html.escape(caption)}'
             f"{note}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             "</table></div>")
@@ -654,7 +678,8 @@ def image_sequences(images: Sequence[Path], root: Path) -> tuple[dict[str, list[
     for img in images:
         m = _SEQ.match(img.stem)
         if m:
-            key = str(img.parent.relative_to(root) / f"{m['stem']} ({m['unit']})")
+            name = f"{m['stem']} ({m['unit']})" if m["stem"] else f"{m['unit']}s"
+            key = str(img.parent.relative_to(root) / name)
             seqs.setdefault(key, []).append((int(m["n"]), img))
     seqs = {k: sorted(v) for k, v in seqs.items() if len(v) >= 2}
     in_seq = {p for v in seqs.values() for _, p in v}
@@ -731,7 +756,7 @@ def _rate_html(rows: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         cells = "".join(
-            f"<td>{fmt(r[m + '_mean'])} ± {fmt(r[m + '_std'])}</td>" if m + "_mean" in r
+            f"<td>{fmt(r[m + '_mean'])} ± {r[m + '_std']:.2g}</td>" if m + "_mean" in r
             else "<td>—</td>" for m in metrics)
         body.append(f"<tr><td>{html.escape(r['series'])}</td><td>{fmt(r['p'])}</td>"
                     f"<td>{r['n']}</td>{cells}</tr>")
@@ -767,7 +792,7 @@ thead th { background: #f0f2f5; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 th.diff { background: #ffe58a; }
 tr.best td, tbody tr.best:nth-child(even) td { background: #dcf5e3; font-weight: 600; }
-td.diff, tbody tr:nth-child(even) td.diff { background: var(--diff); font-weight: 600; }
+td.diff, tbody tr:nth-child(even) td.diff { background: var(--diff); }
 figure { margin: 0; display: inline-block; vertical-align: top; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 figure.plot img { border: none; }
@@ -776,6 +801,10 @@ figcaption { font-size: 12px; color: var(--muted); text-align: center; padding: 
 .gallery figure img { max-height: 320px; }
 .timeline { display: flex; gap: 8px; overflow-x: auto; padding-bottom: 4px; }
 .timeline figure img { height: 150px; width: auto; image-rendering: pixelated; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 14px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; }
+.card h3 { margin: 0 0 6px; font-size: 14px; }
+.card .gallery figure img { max-height: 240px; }
 dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 4px 0; font-size: 12.5px; }
 dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; }
 """
@@ -819,11 +848,12 @@ def _read_image(path: Path) -> bytes | None:
         return None
 
 
-def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int]:
+def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int, bool]:
     """The per-run section: sweep results, evaluation, image sequences and every image.
 
     Empty (``""``) when the run has none of these; its config and summary are in the
-    runs table either way.
+    runs table either way. The flag is true for a run with nothing but single images,
+    shown as a compact card among the others.
     """
     parts = [f'<section id="{anchor}"><h2>{html.escape(rec.label)}'
              f'<span class="badge">{html.escape(rec.task)}</span> '
@@ -831,9 +861,11 @@ def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int]:
     settings = sweep_settings(rec.summary)
     if settings:
         parts.append("<h3>Sweep: score per setting</h3>")
-        parts.append(w.plot(f"sweep_{rec.label}", plot_sweep(settings, rec.label),
-                            f"sweep {rec.label}: mean ± std per setting"))
-        parts.append(sweep_table(settings, "settings (cross-validation over folds)"))
+        parts.append(w.plot(f"sweep_{rec.label}", plot_sweep(settings),
+                            f"{rec.label}: cross-validated mean ± std per setting"))
+        pick = rec.summary.get("pick") or rec.summary.get("best")
+        parts.append(sweep_table(settings, "settings (cross-validation over folds)",
+                                 pick if isinstance(pick, dict) else None))
     if rec.evaluation:
         ev = {k: v for k, v in flatten(rec.evaluation).items()
               if not (isinstance(v, list) and len(v) > 20)}
@@ -862,10 +894,12 @@ def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int]:
                 parts.append(_img(data, p.name, IMAGE_TYPES[p.suffix.lower()]))
                 n_img += 1
         parts.append("</div>")
+    compact = len(parts) == 1
     if singles:
         shown = singles[:MAX_IMAGES]
         more = f" (first {len(shown)} of {len(singles)})" if len(singles) > len(shown) else ""
-        parts.append(f"<h3>Images{more}</h3><div class=\"gallery\">")
+        parts.append(f"<h3>Images{more}</h3>" if not compact or more else "")
+        parts.append('<div class="gallery">')
         for p in shown:
             data = _read_image(p)
             if data is not None:
@@ -873,9 +907,13 @@ def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int]:
                 n_img += 1
         parts.append("</div>")
     if len(parts) == 1:  # nothing beyond the runs table: no section
-        return "", 0
+        return "", 0, False
     parts.append("</section>")
-    return "".join(parts), n_img
+    text = "".join(parts)
+    if compact:
+        text = text.replace("<section ", '<div class="card" ', 1).removesuffix("</section>")
+        text = text.replace("<h2>", "<h3>", 1).replace("</h2>", "</h3>", 1) + "</div>"
+    return text, n_img, compact
 
 
 def _anchor(i: int, label: str) -> str:
@@ -886,7 +924,6 @@ def render_html(records: Sequence[RunRecord], files_dir: Path, title: str) -> tu
     """The whole page; plots are written into ``files_dir`` on the way."""
     w = _Writer(files_dir)
     anchors = [_anchor(i, r.label) for i, r in enumerate(records)]
-    labels = [r.label for r in records]
     tasks = list(dict.fromkeys(r.task for r in records))
     body: list[str] = []
 
@@ -920,6 +957,13 @@ def render_html(records: Sequence[RunRecord], files_dir: Path, title: str) -> tu
                     + _rate_html(rate_table({s: g for s, g in groups.items() if len(g) >= 2}))
                     + "</section>")
 
+    # per-run views (sweep results, evaluation, image sequences), then learning curves
+    n_img = 0
+    cards = []
+    for rec, anchor in zip(records, anchors):
+        sec, k, compact = _run_section(rec, w, anchor)
+        (cards if compact else body).append(sec)
+        n_img += k
     # learning curves, one figure per task
     curves = []
     for task in tasks:
@@ -929,21 +973,13 @@ def render_html(records: Sequence[RunRecord], files_dir: Path, title: str) -> tu
     if any(curves):
         body.append('<section id="curves"><h2>Learning curves</h2>' + "".join(curves) + "</section>")
 
-    n_img = 0
-    sections = []
-    for rec, anchor in zip(records, anchors):
-        sec, k = _run_section(rec, w, anchor)
-        body.append(sec)
-        sections.append(bool(sec))
-        n_img += k
+    if cards:
+        body.append('<section id="images"><h2>Images of the runs</h2><div class="cards">'
+                    + "".join(cards) + "</div></section>")
 
-    nav = ['<a href="#runs">Runs</a>']
-    if any('id="rates"' in b for b in body):
-        nav.append('<a href="#rates">Metrics vs rate</a>')
-    if any(curves):
-        nav.append('<a href="#curves">Learning curves</a>')
-    nav += [f'<a href="#{a}">{html.escape(lab)}</a>'
-            for a, lab, has in zip(anchors, labels, sections) if has]
+    # navigation: every section in page order (run cards are reached through "Images")
+    nav = [f'<a href="#{sid}">{title}</a>'
+           for sid, title in re.findall(r'<section id="([^"]+)"><h2>([^<]*)', "".join(body))]
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
