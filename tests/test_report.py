@@ -284,6 +284,20 @@ def test_image_sequences_of_gan_and_style_runs(tmp_path: Path) -> None:
     assert sorted(p.name for p in singles) == ["samples.png", "stylized.png"]
 
 
+def test_uncertainty_npz_is_split_by_correctness(tmp_path: Path) -> None:
+    run_dir = make_train_run(tmp_path, 0.5, 0)
+    entropy = np.linspace(0.0, 2.0, 40)
+    correct = entropy < 0.5  # 10 confident correct images, 30 uncertain wrong ones
+    np.savez(run_dir / "uncertainty.npz", mc_entropy=entropy, correct=correct,
+             labels=np.arange(40))
+    rec = load_run_record(run_dir)
+    assert sorted(rec.uncertainty) == ["mc_entropy_correct", "mc_entropy_wrong"]
+    assert rec.uncertainty["mc_entropy_correct"] == pytest.approx(entropy[:10].tolist())
+    assert len(rec.uncertainty["mc_entropy_wrong"]) == 30
+    summary = run(ReportConfig(runs=[str(run_dir)], out=str(tmp_path / "r.html")))
+    assert any(Path(p).name == "uncertainty_train-p0.5-s0.png" for p in summary["plots"])
+
+
 def test_thin_keeps_first_and_last() -> None:
     frames = list(range(37))
     t = thin(frames, 10)

@@ -82,6 +82,8 @@ class RunRecord:
     evaluation: dict[str, Any] | None = None
     images: list[Path] = field(default_factory=list)
     children: list[Path] = field(default_factory=list)
+    #: per-image uncertainty arrays from ``*.npz`` files of the run folder
+    uncertainty: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _read_json_dict(path: Path) -> dict[str, Any] | None:
@@ -176,7 +178,40 @@ def load_run_record(path: str | Path) -> RunRecord:
     return RunRecord(
         path=run.path, label=run.path.name, task=task, config=config, summary=summary,
         metrics=metrics, evaluation=evaluation, images=_find_images(run.path), children=children,
+        uncertainty=npz_uncertainty(run.path),
     )
+
+
+def npz_uncertainty(root: Path) -> dict[str, list[float]]:
+    """Per-image uncertainty arrays from the ``*.npz`` files of a run folder.
+
+    1-D float arrays whose names mention entropy, mutual information, variation ratio,
+    confidence, … are returned; a boolean/0-1 array ``correct`` of the same length splits
+    each into ``<name>_correct`` and ``<name>_wrong`` (overlaid in the histograms).
+    """
+    import numpy as np
+
+    out: dict[str, list[float]] = {}
+    for path in sorted(root.glob("*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise DataNotFound(f"{path} cannot be read as .npz ({exc}); delete it or rerun") from None
+        correct = arrays.get("correct")
+        for name, a in arrays.items():
+            low = name.lower()
+            if (a.ndim != 1 or a.size < 10 or not np.issubdtype(a.dtype, np.floating)
+                    or not any(w in low for w in _UNCERTAINTY_WORDS)):
+                continue
+            a = a[np.isfinite(a)] if correct is None else a
+            if correct is not None and correct.shape == a.shape:
+                ok = correct.astype(bool)
+                out[f"{name}_correct"] = a[ok].tolist()
+                out[f"{name}_wrong"] = a[~ok].tolist()
+            else:
+                out[name] = a.tolist()
+    return out
 
 
 def _unique_labels(records: Sequence[RunRecord]) -> None:
@@ -656,10 +691,15 @@ def plot_uncertainty_histograms(arrays: dict[str, list[float]], title: str = "")
         panels.setdefault(base, []).append((part, v))
     fig, axes = _grid(len(panels), cols=3, w=4.0, h=2.8)
     for ax, (base, parts) in zip(axes, panels.items()):
+        values = [x for _, v in parts for x in v]
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        bins = [lo + (hi - lo or 1.0) * i / 30 for i in range(31)]  # shared, so shapes compare
         for i, (part, v) in enumerate(parts):
-            ax.hist(v, bins=30, alpha=0.6 if len(parts) > 1 else 0.9,
-                    color=_PALETTE[i % len(_PALETTE)], label=part or None)
+            if v:
+                ax.hist(v, bins=bins, density=True, alpha=0.55 if len(parts) > 1 else 0.9,
+                        color=_PALETTE[i % len(_PALETTE)], label=f"{part} (n={len(v)})" if part else None)
         ax.set_title(base, fontsize=10)
+        ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=8)
         if len(parts) > 1:
             ax.legend(fontsize=7)
@@ -872,11 +912,11 @@ def _run_section(rec: RunRecord, w: _Writer, anchor: str) -> tuple[str, int, boo
         parts.append("<h3>Evaluation</h3>" + '<dl class="kv">' + "".join(
             f"<dt>{html.escape(k)}</dt><dd>{html.escape(fmt(_scalarize(v), 100))}</dd>"
             for k, v in ev.items()) + "</dl>")
-        arrays = uncertainty_arrays(rec.evaluation)
-        if arrays:
-            parts.append(w.plot(f"uncertainty_{rec.label}",
-                                plot_uncertainty_histograms(arrays, rec.label),
-                                f"uncertainty histograms {rec.label}"))
+    arrays = {**uncertainty_arrays(rec.evaluation), **rec.uncertainty}
+    if arrays:
+        parts.append("<h3>Uncertainty</h3>" + w.plot(
+            f"uncertainty_{rec.label}", plot_uncertainty_histograms(arrays),
+            f"{rec.label}: per-image uncertainty histograms"))
     if rec.children:
         parts.append(f'<p class="muted">{len(rec.children)} nested run folders: '
                      + html.escape(", ".join(c.name for c in rec.children[:20]))
@@ -1063,8 +1103,27 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "EVALUATION", "ReportConfig", "RunRecord", "data_uri", "diff_table", "expand_run_paths",
-    "export_tensorboard", "flatten", "image_sequences", "load_run_record", "plot_learning_curves",
-    "plot_metric_vs_rate", "plot_sweep", "plot_uncertainty_histograms", "rate_groups", "rate_table",
-    "render_html", "run", "run_rate", "sweep_settings", "thin", "uncertainty_arrays",
+    "EVALUATION",
+    "ReportConfig",
+    "RunRecord",
+    "data_uri",
+    "diff_table",
+    "expand_run_paths",
+    "export_tensorboard",
+    "flatten",
+    "image_sequences",
+    "load_run_record",
+    "npz_uncertainty",
+    "plot_learning_curves",
+    "plot_metric_vs_rate",
+    "plot_sweep",
+    "plot_uncertainty_histograms",
+    "rate_groups",
+    "rate_table",
+    "render_html",
+    "run",
+    "run_rate",
+    "sweep_settings",
+    "thin",
+    "uncertainty_arrays",
 ]
