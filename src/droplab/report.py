@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from droplab.errors import DataNotFound, InvalidValue, UserError
 from droplab.runs import CONFIG, DiskWriteError, RunDir, atomic_write_bytes
@@ -364,6 +365,7 @@ def plot_learning_curves(records: Sequence[RunRecord], title: str = "") -> bytes
                     label=None if multi else key)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(" / ".join(sorted({t[5] for t in panels[name]})), fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps, trials
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         if not multi and len(panels[name]) > 1:
