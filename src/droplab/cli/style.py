@@ -46,12 +46,12 @@ def register(sub: Any) -> None:
     p.add_argument("--size", type=int, default=256, help="longer side of the output (default 256)")
     p.add_argument("--style-scale", type=_positive_float, default=1.0,
                    help="style image size relative to --size (default 1)")
-    p.add_argument("--steps", type=int, default=200, help="iterations per pyramid level")
-    p.add_argument("--optimizer", default="lbfgs", help="lbfgs|adam (default lbfgs)")
+    p.add_argument("--steps", type=int, default=300, help="iterations per pyramid level")
+    p.add_argument("--optimizer", default="adam", help="adam|lbfgs (default adam)")
     p.add_argument("--lr", type=float, default=None, help="step size (lbfgs 1, adam 0.02)")
     p.add_argument("--content-weight", type=_positive_float, default=1.0)
     p.add_argument("--style-weight", type=_positive_float, default=10.0)
-    p.add_argument("--tv-weight", type=_positive_float, default=1.0)
+    p.add_argument("--tv-weight", type=_positive_float, default=5.0)
     p.add_argument("--init", default="content", help="content|noise (default content)")
     p.add_argument("--pyramid", type=int, default=1,
                    help="coarse-to-fine levels, each half the size of the next (default 1)")
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation metrics")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096,
                    help="larger inputs are downscaled first (default 4096²)")
-    _encoder_options(p, 2)
+    _encoder_options(p, 1)
     add_run_options(p, resume=False)
     p.set_defaults(func=_stylize)
 

@@ -150,16 +150,16 @@ class StylizeConfig:
     style_scale: float = 1.0
     content_weight: float = 1.0
     style_weight: float = 10.0
-    tv_weight: float = 1.0
-    optimizer: str = "lbfgs"
+    tv_weight: float = 5.0
+    optimizer: str = "adam"
     lr: float | None = None
-    steps: int = 200
+    steps: int = 300
     init: str = "content"
     pyramid: int = 1
     preserve_color: str = "none"
     encoder: str = "auto"
     encoder_weights: str | None = None
-    n_random: int = 2
+    n_random: int = 1
     softmax: float | None = None
     save_every: int = 0
     evaluate: bool = True
@@ -259,10 +259,10 @@ def optimize_image(
     *,
     content_weight: float = 1.0,
     style_weight: float = 10.0,
-    tv_weight: float = 1.0,
-    optimizer: str = "lbfgs",
+    tv_weight: float = 5.0,
+    optimizer: str = "adam",
     lr: float | None = None,
-    steps: int = 200,
+    steps: int = 300,
     init: str = "content",
     pyramid: int = 1,
     style_scale: float = 1.0,
@@ -272,7 +272,10 @@ def optimize_image(
 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """Gatys et al.'s pixel optimisation, coarse to fine when ``pyramid`` > 1.
 
-    ``steps`` are loss evaluations at every level (so a 3-level pyramid costs about
+    Adam (lr 0.02 in [0, 1] pixel units) is the default: on this CPU it costs ~1/5 of an
+    L-BFGS step (which needs a strong-Wolfe line search here; without one it diverged into
+    noise with random encoders) and reached the same loss in less time.
+    ``steps`` are optimiser steps at every level (so a 3-level pyramid costs about
     ``steps × (1 + 1/4 + 1/16)`` full-size evaluations). Style images are resized at each
     level so their longer side is ``style_scale`` × the output's. Returns the final image
     (1, 3, H, W) in [0, 1] and one record per step (``level, step, loss, content, style,
@@ -303,7 +306,7 @@ def optimize_image(
         x = x.detach().requires_grad_(True)
         if optimizer == "lbfgs":
             opt: torch.optim.Optimizer = torch.optim.LBFGS(
-                [x], lr=lr or 1.0, max_iter=1, history_size=50)
+                [x], lr=lr or 1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe")
         else:
             opt = torch.optim.Adam([x], lr=lr or 0.02)
         last: dict[str, float] = {}
