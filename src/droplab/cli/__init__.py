@@ -16,7 +16,7 @@ from droplab import __version__
 from droplab.errors import UserError
 
 #: Subcommand modules, in the order ``droplab --help`` lists them.
-MODULES: list[str] = ["train", "report", "finetune", "sweep", "gan", "style"]
+MODULES: list[str] = ["train", "report", "finetune", "sweep", "gan", "style", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""The page served by ``droplab serve`` at ``/`` (package data: ``index.html``)."""
