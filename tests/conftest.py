@@ -30,6 +30,12 @@ def shared_dir() -> Path:
     return root
 
 
+# Tests use tiny models: one intra-op thread is faster than two for them and, on a busy
+# machine, avoids OpenMP oversubscription (measured 10-100x slowdowns with 2 threads).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocess-based tests
+
+
 @pytest.fixture(autouse=True)
 def _quiet_and_seeded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DROPLAB_PROGRESS", "0")

@@ -135,11 +135,11 @@ def hub_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _weights_file(hub: Path) -> tuple[Path, dict]:
     import torchvision
 
-    enum = torchvision.models.SqueezeNet1_1_Weights.DEFAULT
+    enum = torchvision.models.MobileNet_V3_Small_Weights.DEFAULT
     path = hub / "checkpoints" / Path(enum.url).name
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(5)
-    state = torchvision.models.squeezenet1_1(weights=None).state_dict()
+    state = torchvision.models.mobilenet_v3_small(weights=None).state_dict()
     torch.save(state, path)
     return path, state
 
@@ -148,16 +148,21 @@ def test_tv_weights_load_from_the_hub_cache(hub_dir: Path) -> None:
     from droplab.tasks.finetune import FinetuneConfig, load_source
 
     _, state = _weights_file(hub_dir)
-    src = load_source(FinetuneConfig(backbone="tv:squeezenet1_1", weights="DEFAULT"))
-    loaded = {k: v for k, v in src.model.state_dict().items() if k.startswith("features")}
-    assert loaded and all(torch.equal(v, state[k.split(".", 1)[1]] if k.split(".", 1)[1] in state
-                                      else state[k]) for k, v in loaded.items())
+    src = load_source(FinetuneConfig(backbone="tv:mobilenet_v3_small", weights="DEFAULT"))
+    loaded = src.model.state_dict()
+    checked = 0
+    for key, value in state.items():
+        if key.startswith("features."):  # the backbone: must be the cached file's tensors
+            match = [v for k, v in loaded.items() if k == key or k.endswith("." + key)]
+            assert len(match) == 1 and torch.equal(match[0], value), key
+            checked += 1
+    assert checked > 50
 
 
 def test_tv_weights_missing_or_truncated_name_the_path(hub_dir: Path) -> None:
     from droplab.tasks.finetune import FinetuneConfig, load_source
 
-    cfg = FinetuneConfig(backbone="tv:squeezenet1_1", weights="DEFAULT")
+    cfg = FinetuneConfig(backbone="tv:mobilenet_v3_small", weights="DEFAULT")
     with pytest.raises(WeightsUnavailable) as info:
         load_source(cfg)
     msg = str(info.value)

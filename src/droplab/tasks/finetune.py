@@ -35,6 +35,9 @@ from droplab.runs import RunDir
 from droplab.runtime import resolve_device, seed_everything
 
 STRATEGIES = ("linear-probe", "full", "gradual", "scratch")
+#: fine-tuning default learning rates (a fresh head on few labels wants a larger AdamW
+#: step than training from scratch; 3e-3 beat 1e-3 for every strategy on digits 5-9)
+DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 #: ImageNet statistics used with torchvision / timm weights
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -379,8 +382,9 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                   if val_idx is not None else None)
     test_loader = D.Loader(bundle.test, None, batch_size=256, shuffle=False, **loader_kw)
 
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(cfg.optimizer)
     tcfg = T.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-                         lr=cfg.lr, weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
+                         lr=lr, weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
                          label_smoothing=cfg.label_smoothing)
     n_stages = len(model.stages)
     start_epoch = len(run_dir.read_metrics()) if resume else 0
