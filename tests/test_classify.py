@@ -20,16 +20,6 @@ from droplab.train import predict_proba
 TIMING = ("time_s", "images_per_s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread; two OpenMP threads on a shared, busy CPU
-    can be 20–50× slower (spin-waiting on descheduled cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def digits_cfg(out: Path, **kw) -> ClassifyConfig:
     base = dict(dataset="digits", model="mlp", widths=[128], dropout=0.5, epochs=2,
                 out=str(out), device="cpu")

@@ -21,16 +21,6 @@ TIMING = ("time_s", "images_per_s")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DROPLAB_PROGRESS": "0"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread in-process, like OMP_NUM_THREADS=1 in the subprocesses: tiny models are
-    fastest so, and the same thread count keeps in-process and subprocess numbers equal."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def train_args(out: Path, *extra: str, epochs: int = 2) -> list[str]:
     return ["train", "--dataset", "digits", "--model", "mlp", "--widths", "128", "--dropout", "0.5",
             "--epochs", str(epochs), "--device", "cpu", "--out", str(out), "--json", *extra]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from droplab.errors import InvalidValue, ResumeError, UnknownName
 from droplab.layers import DropoutModule
 from droplab.models import gan as nets
 from droplab.tasks.gan import GanConfig, TrainingDiverged, run
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These nets are tiny: on a shared 2-core machine two intra-op threads mostly wait on
-    # each other (measured 10× slower under load). Results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _tiny(out: Path, **kw: object) -> GanConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,15 +27,6 @@ EXISTING = {
     "vgg11": [("classifier.2", "dropout", 0.5), ("classifier.5", "dropout", 0.5)],
     "mobilenet_v3_small": [("classifier.2", "dropout", 0.2)],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # one intra-op thread: on a shared, loaded CPU two spinning threads are far slower
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,6 @@ KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
 TIMING = ("time_s", "images_per_s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread (two OpenMP threads on a busy shared CPU
-    spin-wait on each other and run 20–50× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blobs(n: int, seed: int, k: int = 3, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` Gaussian blobs with unit noise, centres 4 apart: Bayes accuracy ≈ 0.98."""
     g = torch.Generator().manual_seed(seed)

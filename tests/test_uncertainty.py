@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,15 +25,6 @@ from droplab.uncertainty import (
     prefix_plan,
     variation_ratio,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # one intra-op thread: on a shared, loaded CPU two spinning threads are far slower
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _net(drop: nn.Module | None = None) -> nn.Sequential:
