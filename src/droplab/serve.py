@@ -440,13 +440,18 @@ class InferenceQueue:
 
 
 # ------------------------------------------------------------------------------ requests
-async def read_body(request: Request, limit: int) -> bytes:
+def _too_big(max_bytes: int) -> ApiError:
+    return ApiError(413, f"the upload is larger than this server's limit of {max_bytes:,} "
+                    "bytes (--max-bytes); send a smaller file")
+
+
+async def read_body(request: Request, limit: int, max_bytes: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes:
-    from ``Content-Length`` before reading, else while it streams in."""
+    from ``Content-Length`` before reading, else while it streams in (``max_bytes`` is the
+    limit the message names; ``limit`` adds the multipart framing allowance)."""
     from starlette.requests import ClientDisconnect
 
-    too_big = ApiError(413, f"the upload is larger than this server's limit of {limit:,} "
-                       "bytes (--max-bytes); send a smaller file")
+    too_big = _too_big(max_bytes)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -475,7 +480,7 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
     ctype = request.headers.get("content-type", "").lower()
     fields = {k: v for k, v in request.query_params.items()}
     if ctype.startswith("multipart/form-data"):
-        body = await read_body(request, max_bytes + _FORM_OVERHEAD)
+        body = await read_body(request, max_bytes + _FORM_OVERHEAD, max_bytes)
 
         async def stream() -> AsyncIterator[bytes]:
             yield body
@@ -497,11 +502,13 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
         finally:
             await form.close()
         if len(data) > max_bytes:
-            raise ApiError(413, f"the upload is larger than this server's limit of "
-                           f"{max_bytes:,} bytes (--max-bytes); send a smaller file")
+            raise _too_big(max_bytes)
         return data, fields
     if ctype.startswith(("image/", "application/octet-stream")):
-        return await read_body(request, max_bytes), fields
+        return await read_body(request, max_bytes, max_bytes), fields
+    if ctype.startswith("application/x-www-form-urlencoded"):
+        raise ApiError(422, "missing form field 'file': a url-encoded form cannot carry a file; "
+                       "send multipart/form-data (curl -F file=@image.png)")
     if request.headers.get("content-length", "0") == "0" and not ctype:
         raise ApiError(400, "the request is empty; send multipart/form-data with a 'file' "
                        "field (curl -F file=@image.png)")
@@ -742,6 +749,8 @@ def serve(cfg: ServeConfig, on_ready: Callable[[str, list[ServedModel]], None] |
     t0 = time.perf_counter()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises Ctrl-C
+        pass
     finally:
         sock.close()
     counts: Counter[int] = app.state.counts
