@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -612,13 +613,26 @@ def create_app(cfg: ServeConfig, models: list[ServedModel] | None = None) -> Any
         log.error("unhandled error on %s %s", r.method, r.url.path, exc_info=exc)
         return error(500, "internal server error; the details are in the server log")
 
-    async def guarded(fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await queue.run(fn, *args)
-        except (ApiError, asyncio.CancelledError):
-            raise
-        except UserError as exc:
-            raise ApiError(400, str(exc)) from None
+    def safe(route: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """Bugs become a logged, generic 500 here (an exception left to Starlette's last-resort
+        handler is re-raised after the response and uvicorn may reset the connection)."""
+
+        @functools.wraps(route)
+        async def wrapper(request: Request) -> Any:
+            try:
+                return await route(request)
+            except (ApiError, asyncio.CancelledError):
+                raise
+            except UserError as exc:
+                raise ApiError(400, str(exc)) from None
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                raise ApiError(500, "internal server error; the details are in the server log"
+                               ) from None
+
+        return wrapper
+
+    guarded = queue.run
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -641,6 +655,7 @@ def create_app(cfg: ServeConfig, models: list[ServedModel] | None = None) -> Any
                              cfg.style_size)
 
     @app.post("/v1/classify")
+    @safe
     async def classify(request: Request) -> JSONResponse:
         data, fields = await read_upload(request, cfg.max_bytes)
         m = _pick(models, "classify", fields.get("model"))
@@ -650,6 +665,7 @@ def create_app(cfg: ServeConfig, models: list[ServedModel] | None = None) -> Any
         return JSONResponse(result)
 
     @app.post("/v1/stylize")
+    @safe
     async def stylize(request: Request) -> Response:
         data, fields = await read_upload(request, cfg.max_bytes)
         m = _pick(models, "stylize", fields.get("model"))
@@ -679,6 +695,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted sockets inherit it: without, a keep-alive response written in two parts
+    # waits for the client's delayed ACK (measured 44 ms per request instead of 2 ms)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(addr)
     except OSError as exc:
