@@ -73,6 +73,30 @@ def finetune(args: argparse.Namespace, source: str, labels: int, strategy: str,
     return run(cfg, resume=(out / "config.json").exists())
 
 
+def _memoise_datasets() -> None:
+    """Decode each dataset once per study: every fine-tuning run loads the same CIFAR
+    classes, and decoding 30,000 JPEGs would otherwise dominate the small-budget runs."""
+    import functools
+
+    from droplab import data
+
+    original = data.load_dataset
+
+    @functools.lru_cache(maxsize=8)
+    def cached(name: str, root: str | None, classes: tuple[str, ...] | None,
+               image_size: int | None, seed: int) -> data.DatasetBundle:
+        return original(name, root, list(classes) if classes else None,
+                        image_size=image_size, seed=seed)
+
+    def load(name: str, root: str | None = None, classes: list[str] | None = None, *,
+             image_size: int | None = None, seed: int = 0, **kw: Any) -> data.DatasetBundle:
+        if kw:
+            return original(name, root, classes, image_size=image_size, seed=seed, **kw)
+        return cached(name, root, tuple(classes) if classes else None, image_size, seed)
+
+    data.load_dataset = load  # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", required=True, help="folder holding cifar10-jpg/")
@@ -83,12 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds-1000", type=_ints, default=None,
                    help="seeds for the 1000-label budget (default: --seeds)")
     p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument("--epochs", default=None,
+                   help="fine-tuning epochs per budget, e.g. 10:30,100:15,1000:6")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     strategies = args.strategies.split(",")
+    if args.epochs:
+        EPOCHS.update({int(k): int(v) for k, v in (t.split(":") for t in args.epochs.split(","))})
+    _memoise_datasets()
 
     t0 = time.perf_counter()
     source = pretrain(args)
