@@ -86,6 +86,14 @@ def test_evaluate_with_mc_writes_figures(trained: tuple[Path, dict],
     for f in ("reliability.png", "confusion.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "evaluation.json").read_text()) == ev
+    import numpy as np
+
+    with np.load(out / "uncertainty.npz") as arrays:  # per test image, for the report
+        n = s["test_images"]
+        assert {k: arrays[k].shape for k in arrays} == {
+            "mc_entropy": (n,), "mc_mutual_information": (n,), "correct": (n,)}
+        assert (arrays["mc_mutual_information"] <= arrays["mc_entropy"] + 1e-6).all()
+        assert arrays["correct"].mean() == pytest.approx(ev["mc_acc"])
     assert main(["evaluate", str(out), "--device", "cpu"]) == 0  # human output
     text = capsys.readouterr().out
     assert text.startswith("accuracy ") and "MC dropout" not in text

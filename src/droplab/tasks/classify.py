@@ -494,8 +494,27 @@ def evaluate_run(
     plots.confusion_matrix_plot(labels, probs.argmax(1), loaded.classes, run / "confusion.png",
                                 title=f"Confusion matrix ({bundle.name}, test)")
     out["figures"] = [str(run / "reliability.png"), str(run / "confusion.png")]
+    if mc_in is not None:  # per-image uncertainty, for the report's histograms
+        _write_uncertainty(run / "uncertainty.npz", mc_in, labels)
     atomic_write_json(run / "evaluation.json", out)
     return out
+
+
+def _write_uncertainty(path: Path, mc_probs: Tensor, labels: Tensor) -> None:
+    """``uncertainty.npz``: per test image MC predictive entropy, mutual information and
+    whether the MC prediction is correct (atomic)."""
+    import io
+
+    import numpy as np
+
+    from droplab.runs import atomic_write_bytes
+    from droplab.uncertainty import mutual_information, predictive_entropy
+
+    buf = io.BytesIO()
+    np.savez(buf, mc_entropy=predictive_entropy(mc_probs).numpy(),
+             mc_mutual_information=mutual_information(mc_probs).numpy(),
+             correct=(mc_probs.mean(0).argmax(1) == labels).numpy())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 __all__ = ["ClassifyConfig", "LoadedRun", "distributed_env", "evaluate_run", "load_run", "run"]
