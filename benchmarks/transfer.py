@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if scratch is not None and tuned:
             gaps[str(labels)] = max(tuned) - scratch
     result = {
-        "command": "python benchmarks/transfer.py " + " ".join(argv or []),
+        "command": "python benchmarks/transfer.py " + " ".join(
+            sys.argv[1:] if argv is None else argv),
         "pretrain": {"classes": "0-4", "test_acc": pre["test_acc"], "epochs": pre["epochs"]},
         "rows": rows,
         "best_finetune_minus_scratch": gaps,
