@@ -27,6 +27,7 @@ A rate of 0 inserts no module at all.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import warnings
@@ -185,14 +186,15 @@ def _wrap_convs(model: nn.Module, cfg: ModelConfig) -> None:
 # ----------------------------------------------------------------------------- models
 
 
-class Classifier(nn.Module):
+class Classifier(nn.Module, abc.ABC):
     """Base: ``forward(x) = head(head_drop(forward_features(x)))``."""
 
     head: nn.Module
     head_drop: nn.Module
 
-    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The penultimate features, flat ``(N, D)``."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.head_drop(self.forward_features(x)))
