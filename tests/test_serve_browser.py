@@ -8,23 +8,18 @@ server's one-line error. No request leaves the server's origin and the console s
 from __future__ import annotations
 
 import io
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
+from browser import chromium_page, requires_chromium
 from droplab.serve import BackgroundServer, ServeConfig, create_app
 from test_serve import _one_thread, runs  # noqa: F401  (module fixtures)
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (/usr/bin/chromium)")
+pytestmark = requires_chromium
 
 
 def wait_until(page, expression: str, timeout: float = 30.0) -> None:
@@ -39,7 +34,6 @@ def wait_until(page, expression: str, timeout: float = 30.0) -> None:
 
 def test_page_classifies_and_stylizes_in_chromium(runs: dict[str, Path],  # noqa: F811
                                                   tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs pip install playwright")
     digit = tmp_path / "digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)).save(digit)
     text = tmp_path / "notes.png"
@@ -49,41 +43,31 @@ def test_page_classifies_and_stylizes_in_chromium(runs: dict[str, Path],  # noqa
     with BackgroundServer(create_app(cfg)) as url:
         expected = httpx.post(f"{url}/v1/classify",
                               files={"file": ("digit.png", digit.read_bytes())}).json()
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1100, "height": 800})
-                errors: list[str] = []
-                requests: list[str] = []
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.on("request", lambda r: requests.append(r.url))
-                page.goto(url + "/", wait_until="load")
-                wait_until(page, "document.getElementById('cmodel').options.length > 0")
-                assert "digits (classify)" in page.inner_text("#models")
+        with chromium_page(1100, 800) as (page, log):
+            page.goto(url + "/", wait_until="load")
+            wait_until(page, "document.getElementById('cmodel').options.length > 0")
+            assert "digits (classify)" in page.inner_text("#models")
 
-                page.set_input_files("#file", str(digit))
-                wait_until(page, "document.getElementById('preview').naturalWidth > 0")
-                page.click("#classify")
-                page.wait_for_selector("#result:not(.hidden)")
-                label = page.inner_text("#label")
-                n_bars = page.locator("#bars .bar").count()
-                widths = page.eval_on_selector_all(
-                    "#bars .fill", "els => els.map(e => parseFloat(e.style.width))")
-                entropy = page.inner_text("#entropy")
-                mi = page.inner_text("#mi")
+            page.set_input_files("#file", str(digit))
+            wait_until(page, "document.getElementById('preview').naturalWidth > 0")
+            page.click("#classify")
+            page.wait_for_selector("#result:not(.hidden)")
+            label = page.inner_text("#label")
+            n_bars = page.locator("#bars .bar").count()
+            widths = page.eval_on_selector_all(
+                "#bars .fill", "els => els.map(e => parseFloat(e.style.width))")
+            entropy = page.inner_text("#entropy")
+            mi = page.inner_text("#mi")
 
-                page.click("#stylize")
-                wait_until(page, "document.getElementById('styled').naturalWidth > 0")
-                styled_w = page.evaluate("document.getElementById('styled').naturalWidth")
+            page.click("#stylize")
+            wait_until(page, "document.getElementById('styled').naturalWidth > 0")
+            styled_w = page.evaluate("document.getElementById('styled').naturalWidth")
 
-                page.set_input_files("#file", str(text))
-                page.click("#classify")
-                page.wait_for_selector("#error", state="visible")
-                error_text = page.inner_text("#error")
-                shot = page.screenshot(full_page=True)
-            finally:
-                browser.close()
+            page.set_input_files("#file", str(text))
+            page.click("#classify")
+            page.wait_for_selector("#error", state="visible")
+            error_text = page.inner_text("#error")
+            shot = page.screenshot(full_page=True)
 
     # the page shows what the API answers (same seed 0 → same MC masks)
     assert label == expected["label"]
@@ -96,7 +80,7 @@ def test_page_classifies_and_stylizes_in_chromium(runs: dict[str, Path],  # noqa
     assert styled_w == 48  # 48×48 upload, under --style-size 64: stylised at its own size
     assert "not an image" in error_text
     # a failed request reported by the browser console is the 415 we asked for, nothing else
-    assert all("415" in e for e in errors), errors
-    assert all(u.startswith((url, "blob:", "data:")) for u in requests), requests
+    assert all("415" in e for e in log.errors), log.errors
+    assert all(u.startswith((url, "blob:", "data:")) for u in log.requests), log.requests
     img = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float64)
     assert img.var() > 100  # not blank: header, text, bars, images
