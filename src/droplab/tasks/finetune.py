@@ -342,7 +342,7 @@ def _trainable_stages(cfg: FinetuneConfig, n_stages: int, epoch: int) -> int | N
 def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Fine-tune and evaluate; returns the summary written to ``summary.json``."""
     from droplab import train as T
-    from droplab.uncertainty import expected_calibration_error
+    from droplab.uncertainty import expected_calibration_error, negative_log_likelihood
 
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -403,7 +403,6 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                          "mean": mean, "std": std})
     probs, y = T.predict_proba(model, test_loader, device)
     test_acc = float((probs.argmax(1) == y).float().mean())
-    nll = float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y))
     summary = {
         "task": "finetune",
         "source": src.description,
@@ -413,7 +412,7 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         "train_images": len(fit_idx),
         "stages": n_stages,
         "test_acc": test_acc,
-        "test_loss": nll,
+        "test_loss": negative_log_likelihood(probs, y),
         "test_ece": float(expected_calibration_error(probs, y)),
         "best_val_acc": result.get("best_val_acc"),
         "epochs": cfg.epochs,
