@@ -172,3 +172,58 @@ def test_tv_weights_missing_or_truncated_name_the_path(hub_dir: Path) -> None:
     with pytest.raises(WeightsUnavailable) as info:
         load_source(cfg)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+# -- finetune runs reload for `droplab evaluate` and `droplab serve` -----------------------
+
+
+def test_finetune_run_evaluates_like_its_summary(source_run: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from droplab.tasks.classify import load_run
+
+    out = tmp_path / "ft"
+    s = _finetune(out, "--from", str(source_run), "--strategy", "full", "--hidden", "16",
+                  "--drop-path", "0.1", capsys=capsys)
+    loaded = load_run(out)
+    assert not loaded.model.training and loaded.classes == s["classes"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--mc", "4", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the same weights on the same test split: the deterministic accuracy is the summary's
+    assert ev["acc"] == pytest.approx(s["test_acc"], abs=1e-9)
+    assert 0.0 <= ev["mc_acc"] <= 1.0 and ev["mc_mutual_information"] > 0.0
+    assert (out / "evaluation.json").is_file() and (out / "reliability.png").is_file()
+
+
+def test_finetune_run_needs_its_source_run(source_run: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from droplab.tasks.classify import load_run
+
+    src = tmp_path / "src-copy"
+    shutil.copytree(source_run, src)
+    out = tmp_path / "ft"
+    _finetune(out, "--from", str(src), "--strategy", "linear-probe", "--epochs", "1",
+              capsys=capsys)
+    shutil.rmtree(src)
+    with pytest.raises(UserError, match="restore that folder") as info:
+        load_run(out)
+    assert "\n" not in str(info.value) and str(src) in str(info.value)
+
+
+def test_tv_finetune_run_reloads_without_weights(hub_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from droplab.tasks.classify import load_run
+
+    _weights_file(hub_dir)
+    out = tmp_path / "ft"
+    s = _finetune(out, "--backbone", "tv:mobilenet_v3_small", "--strategy", "linear-probe",
+                  "--epochs", "1", "--labels-per-class", "4", "--image-size", "32",
+                  "--val-fraction", "0", capsys=capsys)
+    (hub_dir / "checkpoints").rename(hub_dir / "gone")  # reloading must not need the cache
+    loaded = load_run(out)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert loaded.classes == s["classes"]

@@ -174,7 +174,7 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
         base = run.path.resolve().name or "model"
         names[base] += 1
         name = base if names[base] == 1 else f"{base}-{names[base]}"
-        if task == "train":
+        if task in ("train", "finetune"):
             from droplab.tasks.classify import load_run
 
             lr = load_run(run.path, dev)
@@ -196,7 +196,8 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
                                   dev))
         else:
             raise UserError(f"{run.path} is a {task!r} run; droplab serve serves 'train' "
-                            "(classifier) and 'style-train' (style network) run folders")
+                            "and 'finetune' (classifier) and 'style-train' (style network) run "
+                            "folders")
     return out
 
 

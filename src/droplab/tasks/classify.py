@@ -20,7 +20,8 @@ and by the maximum softmax probability (Hendrycks & Gimpel 2017). It writes
 
 :func:`load_run` rebuilds the trained model (eval mode) from any run folder whose
 checkpoint ``meta`` holds ``model_config``, ``classes``, ``in_shape``, ``mean`` and
-``std`` (classify writes them; other tasks can pass the same ``meta`` to ``fit``).
+``std`` (classify writes them; other tasks can pass the same ``meta`` to ``fit``), and
+from ``droplab finetune`` run folders (architecture from their ``config.json``).
 """
 
 from __future__ import annotations
@@ -350,22 +351,32 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if ckpt is None:
         raise UserError(f"{run.path} has no checkpoint.pt yet; train first (or wait for epoch 1)")
     meta = ckpt.get("meta") or {}
-    missing = [k for k in ("model_config", "classes", "in_shape", "mean", "std") if k not in meta]
+    config = run.read_config()
+    finetune = config.get("task") == "finetune"
+    needed = ("classes", "in_shape", "mean", "std") + (() if finetune else ("model_config",))
+    missing = [k for k in needed if k not in meta]
     if missing:
         raise UserError(f"{run.path} was not written by a classifier task (checkpoint lacks "
-                        f"{', '.join(missing)}); pass a `droplab train` run folder")
-    mc = dict(meta["model_config"])
-    if mc.get("widths") is not None:
-        mc["widths"] = tuple(mc["widths"])
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(**{k: v for k, v in mc.items() if k in names})
-    if "pretrained" in names:  # the checkpoint holds the weights: never download again
-        model_cfg = dataclasses.replace(model_cfg, pretrained=False)
+                        f"{', '.join(missing)}); pass a `droplab train` or `droplab finetune` "
+                        "run folder")
     in_shape = tuple(int(v) for v in meta["in_shape"])
-    model = build_model(model_cfg, in_shape, len(meta["classes"]))
+    model: nn.Module
+    if finetune:
+        from droplab.tasks.finetune import rebuild
+
+        model = rebuild(config, len(meta["classes"]), in_shape)
+    else:
+        mc = dict(meta["model_config"])
+        if mc.get("widths") is not None:
+            mc["widths"] = tuple(mc["widths"])
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        model_cfg = ModelConfig(**{k: v for k, v in mc.items() if k in names})
+        if "pretrained" in names:  # the checkpoint holds the weights: never download again
+            model_cfg = dataclasses.replace(model_cfg, pretrained=False)
+        model = build_model(model_cfg, in_shape, len(meta["classes"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
-    return LoadedRun(model=model, config=run.read_config(), classes=list(meta["classes"]),
+    return LoadedRun(model=model, config=config, classes=list(meta["classes"]),
                      in_shape=in_shape, mean=tuple(meta["mean"]), std=tuple(meta["std"]),
                      summary=run.read_summary(), run_dir=run.path)
 

@@ -305,15 +305,20 @@ def _feature_dim(model: nn.Module, in_shape: tuple[int, ...]) -> int:
 def build(cfg: FinetuneConfig, bundle: D.DatasetBundle) -> tuple[FinetuneNet, Source]:
     """The fine-tuning network for ``bundle`` (source weights loaded per the strategy)."""
     src = load_source(cfg, pretrained=cfg.strategy != "scratch")
-    if src.in_shape is not None and tuple(src.in_shape[1:]) != tuple(bundle.in_shape[1:]):
+    return _assemble(cfg, src, len(bundle.classes), tuple(bundle.in_shape)), src
+
+
+def _assemble(cfg: FinetuneConfig, src: Source, num_classes: int,
+              in_shape: tuple[int, ...]) -> FinetuneNet:
+    if src.in_shape is not None and tuple(src.in_shape[1:]) != tuple(in_shape[1:]):
         raise InvalidValue(
             f"the source run was trained on {src.in_shape[1]}×{src.in_shape[2]} images but "
-            f"{cfg.dataset} has {bundle.in_shape[1]}×{bundle.in_shape[2]}; pass --image-size "
+            f"{cfg.dataset} has {in_shape[1]}×{in_shape[2]}; pass --image-size "
             f"{src.in_shape[1]}"
         )
     model = FinetuneNet(
-        src.model, src.num_features, len(bundle.classes), dropout=cfg.dropout,
-        dropout_kind=cfg.dropout_kind, hidden=cfg.hidden, in_channels=bundle.in_shape[0],
+        src.model, src.num_features, num_classes, dropout=cfg.dropout,
+        dropout_kind=cfg.dropout_kind, hidden=cfg.hidden, in_channels=in_shape[0],
         source_channels=src.in_shape[0] if src.in_shape else 3, freeze_bn=cfg.freeze_bn,
         max_stages=cfg.max_stages,
     )
@@ -326,7 +331,29 @@ def build(cfg: FinetuneConfig, bundle: D.DatasetBundle) -> tuple[FinetuneNet, So
             surgery.add_dropout(model.source, after=nn.Conv2d, kind="dropblock", p=cfg.dropblock)
     n = len(model.stages)
     model.lr_scales = [cfg.lr_decay ** (n - i) for i in range(n)]  # top stage: lr_decay
-    return model, src
+    return model
+
+
+def rebuild(config: dict[str, Any], num_classes: int, in_shape: tuple[int, ...]) -> FinetuneNet:
+    """The architecture of a finetune run from its ``config.json``, without downloading.
+
+    The weights come from the run's checkpoint afterwards, so torchvision and timm
+    backbones are built randomly initialised; a ``--from RUN`` backbone needs that source
+    run folder, which defines its architecture.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    cfg = FinetuneConfig(**{k: v for k, v in config.items() if k in names})
+    if cfg.from_run is not None:
+        from pathlib import Path
+
+        if not (Path(cfg.from_run) / "checkpoint.pt").is_file():
+            raise UserError(f"this finetune run was built on the run {cfg.from_run}, which is "
+                            "gone; its architecture is needed to reload the model, so restore "
+                            "that folder")
+    src = load_source(cfg, pretrained=cfg.from_run is not None)
+    return _assemble(cfg, src, num_classes, in_shape)
 
 
 def _trainable_stages(cfg: FinetuneConfig, n_stages: int, epoch: int) -> int | None:
