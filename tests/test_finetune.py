@@ -190,7 +190,7 @@ def test_finetune_run_evaluates_like_its_summary(source_run: Path, tmp_path: Pat
     assert main(["evaluate", str(out), "--mc", "4", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # the same weights on the same test split: the deterministic accuracy is the summary's
-    assert ev["acc"] == pytest.approx(s["test_acc"], abs=1e-9)
+    assert ev["acc"] == pytest.approx(s["test_acc"], abs=1e-6)  # float32 mean; 1/N >> 1e-6
     assert 0.0 <= ev["mc_acc"] <= 1.0 and ev["mc_mutual_information"] > 0.0
     assert (out / "evaluation.json").is_file() and (out / "reliability.png").is_file()
 

@@ -105,7 +105,9 @@ def test_two_local_workers_and_a_joining_worker_share_one_postgres_study(
     assert joiner.returncode == 0, joiner.stderr
     summary = json.loads(out)
     joined = json.loads(joiner.stdout)
-    assert joined["joined"] and joined["study_done"]
+    # a joiner leaves once no trial is left to start; the leader's workers may still be
+    # finishing theirs then, so its study_done is a snapshot and the leader's summary decides
+    assert joined["joined"] and isinstance(joined["study_done"], bool)
     assert summary["complete"] and summary["n_complete"] + summary["n_pruned"] == 6
     assert summary["storage"].startswith("postgresql://")
 
