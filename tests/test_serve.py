@@ -409,3 +409,22 @@ def test_cli_serves_until_interrupted(runs) -> None:
     assert proc.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["task"] == "serve" and summary["responses"] == {"200": 3, "400": 1}
+
+
+def test_finetune_run_is_served(runs, tmp_path: Path) -> None:
+    """A ``droplab finetune`` run answers /v1/classify like a ``train`` run."""
+    ft = tmp_path / "ft"
+    assert main(["finetune", "--from", str(runs["digits"]), "--dataset", "digits",
+                 "--classes", "5-9", "--strategy", "linear-probe", "--dropout", "0.4",
+                 "--epochs", "1", "--device", "cpu", "--out", str(ft)]) == 0
+    (model,) = serve.load_models([str(ft)], device="cpu", mc=6)
+    assert isinstance(model, serve.ClassifierModel) and model.classes == ["5", "6", "7", "8", "9"]
+    cfg = ServeConfig(runs=[str(ft)], **CFG)
+    img = Image.fromarray(np.random.default_rng(4).integers(0, 255, (8, 8), dtype=np.uint8))
+    with BackgroundServer(create_app(cfg)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/classify", files={"file": ("x.png", png_bytes(img))})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "ft" and body["label"] in model.classes
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert body["mc_samples"] == 8 and body["mutual_information"] >= 0.0

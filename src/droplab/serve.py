@@ -112,7 +112,8 @@ class ServeConfig:
 # ------------------------------------------------------------------------------ models
 @dataclass
 class ClassifierModel:
-    """A ``droplab train`` run ready to answer: model in eval mode and its preprocessing."""
+    """A ``droplab train`` or ``finetune`` run ready to answer: model in eval mode and its
+    preprocessing."""
 
     name: str
     run_dir: Path
@@ -153,7 +154,8 @@ ServedModel = ClassifierModel | StyleModel
 
 
 def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[ServedModel]:
-    """Load every run folder; its task (``train`` / ``style-train``) comes from config.json.
+    """Load every run folder; its task (``train``, ``finetune`` or ``style-train``) comes
+    from config.json.
 
     Raises a one-line :class:`UserError` for a missing folder, an unreadable config, a task
     that cannot be served, or a checkpoint that cannot be loaded.
