@@ -123,11 +123,14 @@ def bench_mnist_mlp(args: argparse.Namespace) -> None:
     })
 
 
+#: what fits the 45-minute budget on a 2-core AMD EPYC (Zen 1) at about 215-270 images/s;
+#: a faster CPU or a GPU can afford more (--epochs)
+CIFAR_EPOCHS = 12
+
+
 def cifar_config(args: argparse.Namespace) -> dict[str, Any]:
-    # 12 epochs is what fits the 45-minute budget on a 2-core AMD EPYC (Zen 1) at about
-    # 215-270 images/s; a faster CPU or a GPU can afford more (--epochs).
     return dict(dataset="cifar10", data_root=args.data_root, model="convnet", dropout=0.1,
-                dropout_where="all", epochs=args.epochs or 12, batch_size=128, lr=0.1,
+                dropout_where="all", epochs=args.epochs or CIFAR_EPOCHS, batch_size=128, lr=0.1,
                 lr_schedule="onecycle", augment="on", channels_last=True,
                 device=args.device, seed=args.seed)
 
@@ -135,7 +138,7 @@ def cifar_config(args: argparse.Namespace) -> dict[str, Any]:
 def bench_cifar(args: argparse.Namespace) -> None:
     cfg = cifar_config(args)
     # another --epochs is another measurement: its own key and run folder (cifar-20ep, ...)
-    name = "cifar" if args.epochs in (None, 12) else f"cifar-{cfg['epochs']}ep"
+    name = "cifar" if cfg["epochs"] == CIFAR_EPOCHS else f"cifar-{cfg['epochs']}ep"
     s = train(name, **cfg)
     save(name, {
         "command": ("droplab train --dataset cifar10 --model convnet --dropout 0.1 "

@@ -197,9 +197,8 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
             out.append(StyleModel(name, run.path, net, float(net.config.get("dropout", 0.0)),
                                   dev))
         else:
-            raise UserError(f"{run.path} is a {task!r} run; droplab serve serves 'train' "
-                            "and 'finetune' (classifier) and 'style-train' (style network) run "
-                            "folders")
+            raise UserError(f"{run.path} is a {task!r} run; droplab serve serves classifier "
+                            "('train', 'finetune') and style network ('style-train') run folders")
     return out
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -341,18 +341,16 @@ def rebuild(config: dict[str, Any], num_classes: int, in_shape: tuple[int, ...])
     backbones are built randomly initialised; a ``--from RUN`` backbone needs that source
     run folder, which defines its architecture.
     """
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    names = {f.name for f in fields(FinetuneConfig)}
     cfg = FinetuneConfig(**{k: v for k, v in config.items() if k in names})
-    if cfg.from_run is not None:
-        from pathlib import Path
-
-        if not (Path(cfg.from_run) / "checkpoint.pt").is_file():
-            raise UserError(f"this finetune run was built on the run {cfg.from_run}, which is "
-                            "gone; its architecture is needed to reload the model, so restore "
-                            "that folder")
-    src = load_source(cfg, pretrained=cfg.from_run is not None)
+    try:
+        src = load_source(cfg, pretrained=cfg.from_run is not None)
+    except UserError as exc:
+        if cfg.from_run is None:
+            raise
+        raise UserError(f"this finetune run was built on the run {cfg.from_run}, which "
+                        f"defines its architecture and cannot be loaded ({exc}); restore "
+                        "that folder") from None
     return _assemble(cfg, src, num_classes, in_shape)
 
 

@@ -11,7 +11,7 @@ WGAN-GP's ``n_critic`` in :mod:`droplab.models.gan`) reads top to bottom:
   d_fake, gp, time_s, images_per_s``; ``d_real``/``d_fake`` are mean D probabilities
   ``sigmoid(D(x))`` for the ``ns`` loss and mean raw critic scores otherwise; ``d_loss``
   excludes the gradient penalty, logged as ``gp``), a fixed-noise sample grid
-  ``samples_epoch_XXX.png`` (+ ``samples.png``, the latest) from the EMA generator, and
+  ``samples_epoch_<NNN>.png`` (+ ``samples.png``, the latest) from the EMA generator, and
   an atomic ``checkpoint.pt`` holding nets, optimisers, EMA and every RNG state, so that
   ``--resume`` continues exactly as an uninterrupted run with the same seed would;
 - a NaN/inf loss, or one whose magnitude exceeds ``max_loss``, stops the run with a
