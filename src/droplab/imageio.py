@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from droplab.errors import DataNotFound, ImageReadError, InvalidValue
-from droplab.runs import atomic_write_bytes
+from droplab.fileio import atomic_write_bytes
 
 #: scikit-image sample images shipped inside the package (``skimage.data.<name>()``).
 SAMPLE_NAMES: tuple[str, ...] = (

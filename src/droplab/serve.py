@@ -63,6 +63,7 @@ from torch import nn
 
 from droplab.errors import InvalidValue, UserError
 from droplab.runs import RunDir
+from droplab.runs.restore import load_run
 
 log = logging.getLogger("droplab.serve")
 
@@ -177,8 +178,6 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
         names[base] += 1
         name = base if names[base] == 1 else f"{base}-{names[base]}"
         if task in ("train", "finetune"):
-            from droplab.tasks.classify import load_run
-
             lr = load_run(run.path, dev)
             c = lr.in_shape[0]
             if c not in (1, 3):
@@ -191,9 +190,7 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
             out.append(ClassifierModel(name, run.path, lr.model, lr.classes, lr.in_shape,
                                        lr.mean, lr.std, samples, dev))
         elif task == "style-train":
-            from droplab.tasks.style import load_transformer
-
-            net, _ = load_transformer(run.path, dev)
+            net = load_run(run.path, dev).model
             out.append(StyleModel(name, run.path, net, float(net.config.get("dropout", 0.0)),
                                   dev))
         else:

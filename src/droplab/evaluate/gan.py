@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from droplab.errors import InvalidValue, WeightsUnavailable
+from droplab.fileio import weights_only_loads
+from droplab.runs.restore import load_run
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -241,9 +243,7 @@ class ClassifierFeatures:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu") -> ClassifierFeatures:
-        """Load with :func:`droplab.tasks.classify.load_run` (one-line error if it is not a run)."""
-        from droplab.tasks.classify import load_run
-
+        """Load with :func:`droplab.runs.restore.load_run` (one-line error if it is not a run)."""
         loaded = load_run(run_dir, device=str(device))
         return cls(loaded.model, tuple(loaded.in_shape), tuple(loaded.mean), tuple(loaded.std),
                    list(loaded.classes), device)
@@ -280,7 +280,7 @@ class InceptionFeatures:
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
 
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), weights_only_loads():
                 warnings.simplefilter("ignore")
                 net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
         except Exception as exc:  # download refused, corrupt file, …

@@ -30,6 +30,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from droplab.errors import InvalidValue, WeightsUnavailable, check_rate, unknown_name
+from droplab.fileio import UnreadableFile, UnsafeFile, read_torch_file, weights_only_loads
 
 __all__ = [
     "MODELS",
@@ -386,14 +388,20 @@ def _tv_model(name: str, in_shape: tuple[int, int, int], num_classes: int,
         kwargs.pop("init_weights", None)
         kwargs.pop("aux_logits", None)
     try:
-        net = tvm.get_model(name, weights=weights, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
+        with weights_only_loads():  # the hub cache is a file like any other: never run it
+            net = tvm.get_model(name, weights=weights, **kwargs)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:  # URLError: OSError
         if weights is None:
             raise
         from torch.hub import get_dir
 
         file = weights.url.rsplit("/", 1)[-1]
         where = Path(get_dir()) / "checkpoints" / file
+        if isinstance(e, pickle.UnpicklingError):
+            raise UnsafeFile(
+                f"refused to load the cached weights {where}: the file asks to run code, which "
+                f"weights never do; nothing in it was run. Delete it to download {file} again"
+            ) from None
         reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
         raise WeightsUnavailable(
             f"pretrained weights for tv:{name} are not cached and could not be downloaded "
@@ -448,11 +456,9 @@ def _read_weights(path: str) -> dict[str, Tensor]:
     if not p.is_file():
         raise WeightsUnavailable(f"weights file {p} does not exist; pass a state-dict file (.pt)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsUnavailable(
-            f"cannot read weights file {p} ({type(e).__name__}); pass a torch state dict (.pt)"
-        ) from None
+        obj = read_torch_file(p, what="weights file", advice="pass a torch state dict (.pt)")
+    except UnreadableFile as e:
+        raise WeightsUnavailable(str(e)) from None
     for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

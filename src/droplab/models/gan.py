@@ -38,7 +38,10 @@ Spectral normalisation (Miyato et al. 2018) of every discriminator weight is opt
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +236,38 @@ class Discriminator(nn.Module):
 
 
 # -- losses ---------------------------------------------------------------------------------
+
+
+def build_gan(
+    shape: tuple[int, int, int],
+    *,
+    z_dim: int = 64,
+    width: int = 32,
+    loss: str = "ns",
+    spectral_norm: bool = False,
+    g_dropout: float = 0.0,
+    g_dropout_at_sampling: bool = False,
+    d_dropout: float = 0.0,
+    d_dropout_kind: str = "dropout",
+    d_dropout_where: str = "hidden",
+) -> tuple[Generator, Discriminator]:
+    """Generator and discriminator for images of ``shape``, from a GAN run's options.
+
+    The critic is BatchNorm-free for WGAN-GP (a per-sample gradient penalty) and with
+    spectral norm. ``droplab gan`` builds its nets here and
+    :func:`droplab.runs.restore.load_run` rebuilds them from a run's ``config.json``.
+    """
+    g = Generator(z_dim, shape, width, g_dropout, g_dropout_at_sampling)
+    norm = "none" if (loss == "wgan-gp" or spectral_norm) else "batch"
+    d = Discriminator(shape, width, d_dropout, d_dropout_kind, d_dropout_where, spectral_norm,
+                      norm)
+    return g, d
+
+
+def gan_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`build_gan` keyword arguments found in a run config (others ignored)."""
+    names = [n for n in inspect.signature(build_gan).parameters if n != "shape"]
+    return {n: config[n] for n in names if n in config}
 
 
 def discriminator_loss(

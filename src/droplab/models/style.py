@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from droplab.errors import InvalidValue, WeightsUnavailable, check_rate, unknown_name
+from droplab.fileio import UnreadableFile, read_torch_file
 
 DROPOUT_PLACES = ("residual", "decoder", "all")
 ENCODERS = ("auto", "vgg19", "random")
@@ -155,7 +156,7 @@ def export_onnx(net: TransformerNet, path: str | Path, size: int = 256) -> Path:
     """
     import warnings
 
-    from droplab.runs import atomic_write_bytes
+    from droplab.fileio import atomic_write_bytes
 
     path = Path(path)
     was_training = net.training
@@ -473,12 +474,10 @@ def load_vgg19_features(weights: str | Path | None = None, *, download: bool = T
         if not path.is_file():
             raise WeightsUnavailable(f"--encoder-weights {path} does not exist; download {url} there")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsUnavailable(
-                f"vgg19 weights {path} cannot be read ({type(exc).__name__}; truncated?); "
-                f"download {url} to {path} again"
-            ) from None
+            state = read_torch_file(path, what="vgg19 weights",
+                                    advice=f"download {url} to {path} again")
+        except UnreadableFile as exc:
+            raise WeightsUnavailable(str(exc)) from None
     else:
         path = vgg19_weights_path()
         if not path.exists() and (not download or _offline()):
@@ -489,7 +488,7 @@ def load_vgg19_features(weights: str | Path | None = None, *, download: bool = T
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
         except Exception as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             if path.exists():

@@ -18,10 +18,8 @@ the AUROC of telling test images from another dataset's images by MC mutual info
 and by the maximum softmax probability (Hendrycks & Gimpel 2017). It writes
 ``reliability.png``, ``confusion.png`` and ``evaluation.json``.
 
-:func:`load_run` rebuilds the trained model (eval mode) from any run folder whose
-checkpoint ``meta`` holds ``model_config``, ``classes``, ``in_shape``, ``mean`` and
-``std`` (classify writes them; other tasks can pass the same ``meta`` to ``fit``), and
-from ``droplab finetune`` run folders (architecture from their ``config.json``).
+Reloading a run's model lives in the library: :func:`droplab.runs.restore.load_run`
+(re-exported here as ``load_run`` until every caller imports it from there).
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ from torch import Tensor, nn
 
 from droplab.errors import InvalidValue, ResumeError, UserError, check_rate
 from droplab.runs import RunDir, atomic_write_json, to_jsonable
+from droplab.runs.restore import LoadedRun, load_run  # re-exported: moved to droplab.runs
 from droplab.runtime import resolve_device, seed_everything
 from droplab.train import (
     TrainConfig,
@@ -169,20 +168,6 @@ class ClassifyConfig:
         if self.augment == "auto":
             return channels == 3  # crops+flips for colour photos; none for digits
         return self.augment == "on"
-
-
-@dataclass
-class LoadedRun:
-    """A trained model (eval mode) and what is needed to feed it."""
-
-    model: nn.Module
-    config: dict[str, Any]
-    classes: list[str]
-    in_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    summary: dict[str, Any] | None
-    run_dir: Path
 
 
 # ------------------------------------------------------------------------------------------
@@ -338,49 +323,6 @@ def _nll(probs: Tensor, labels: Tensor) -> float:
 # ------------------------------------------------------------------------------------------
 # reloading and evaluating
 # ------------------------------------------------------------------------------------------
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the trained model of a run folder, in eval mode on ``device``.
-
-    Works for finished runs and for runs still in progress (the latest checkpoint).
-    """
-    from droplab.models import ModelConfig, build_model
-
-    run = RunDir.open(run_dir)
-    device = resolve_device(device)
-    ckpt = run.load_checkpoint(map_location="cpu")
-    if ckpt is None:
-        raise UserError(f"{run.path} has no checkpoint.pt yet; train first (or wait for epoch 1)")
-    meta = ckpt.get("meta") or {}
-    config = run.read_config()
-    finetune = config.get("task") == "finetune"
-    needed = ("classes", "in_shape", "mean", "std") + (() if finetune else ("model_config",))
-    missing = [k for k in needed if k not in meta]
-    if missing:
-        raise UserError(f"{run.path} was not written by a classifier task (checkpoint lacks "
-                        f"{', '.join(missing)}); pass a `droplab train` or `droplab finetune` "
-                        "run folder")
-    in_shape = tuple(int(v) for v in meta["in_shape"])
-    model: nn.Module
-    if finetune:
-        from droplab.tasks.finetune import rebuild
-
-        model = rebuild(config, len(meta["classes"]), in_shape)
-    else:
-        mc = dict(meta["model_config"])
-        if mc.get("widths") is not None:
-            mc["widths"] = tuple(mc["widths"])
-        names = {f.name for f in dataclasses.fields(ModelConfig)}
-        model_cfg = ModelConfig(**{k: v for k, v in mc.items() if k in names})
-        if "pretrained" in names:  # the checkpoint holds the weights: never download again
-            model_cfg = dataclasses.replace(model_cfg, pretrained=False)
-        model = build_model(model_cfg, in_shape, len(meta["classes"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    return LoadedRun(model=model, config=config, classes=list(meta["classes"]),
-                     in_shape=in_shape, mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                     summary=run.read_summary(), run_dir=run.path)
-
-
 def _convert(images: Tensor, in_shape: tuple[int, int, int]) -> Tensor:
     """uint8 ``(N, C, H, W)`` to the run's channel count and size (bilinear, antialiased)."""
     c, h, w = in_shape

@@ -22,25 +22,31 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from droplab import data as D
 from droplab.errors import InvalidValue, UserError, check_rate, unknown_name
-from droplab.layers import make_dropout
+from droplab.models.transfer import (  # FinetuneNet and Source re-exported from their new home
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FinetuneNet,
+    Source,
+    TransferSpec,
+    assemble,
+    backbone_source,
+    feature_dim,
+)
 from droplab.runs import RunDir
+from droplab.runs.restore import finetune_net, load_run
 from droplab.runtime import resolve_device, seed_everything
 
 STRATEGIES = ("linear-probe", "full", "gradual", "scratch")
 #: fine-tuning default learning rates (a fresh head on few labels wants a larger AdamW
 #: step than training from scratch; 3e-3 beat 1e-3 for every strategy on digits 5-9)
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
-#: ImageNet statistics used with torchvision / timm weights
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -103,149 +109,12 @@ class FinetuneConfig:
             raise InvalidValue("--epochs must be at least 1")
 
 
-# -- the model -----------------------------------------------------------------------------
-
-
-class FinetuneNet(nn.Module):
-    """A backbone's feature extractor followed by a fresh dropout head.
-
-    ``stages`` lists the backbone's parameterised blocks from input to output; they are
-    the units of gradual unfreezing and discriminative learning rates.
-    """
-
-    def __init__(
-        self,
-        source: nn.Module,
-        num_features: int,
-        num_classes: int,
-        *,
-        dropout: float,
-        dropout_kind: str = "dropout",
-        hidden: int | None = None,
-        in_channels: int | None = None,
-        source_channels: int | None = None,
-        freeze_bn: bool = False,
-        max_stages: int = 4,
-    ) -> None:
-        super().__init__()
-        self.source = source
-        if hasattr(source, "head"):
-            source.head = nn.Identity()
-        self.adapter: nn.Module = nn.Identity()
-        if in_channels is not None and source_channels is not None and in_channels != source_channels:
-            if in_channels == 1 and source_channels == 3:
-                self.adapter = _RepeatChannels(3)
-            else:
-                raise InvalidValue(
-                    f"the backbone expects {source_channels}-channel images but the dataset "
-                    f"has {in_channels}; pick a dataset or backbone that match"
-                )
-        layers: list[nn.Module] = [make_dropout(dropout_kind, dropout)]
-        if hidden:
-            layers += [nn.Linear(num_features, hidden), nn.ReLU(inplace=True),
-                       make_dropout(dropout_kind, dropout)]
-            layers.append(nn.Linear(hidden, num_classes))
-        else:
-            layers.append(nn.Linear(num_features, num_classes))
-        self.head = nn.Sequential(*layers)
-        self.freeze_bn = freeze_bn
-        self.stages = _stages(source, max_stages)
-        self.lr_scales: list[float] = [1.0] * len(self.stages)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return torch.flatten(self.source.forward_features(self.adapter(x)), 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
-
-    def train(self, mode: bool = True) -> FinetuneNet:
-        super().train(mode)
-        if mode and self.freeze_bn:
-            for m in self.source.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    def lr_groups(self) -> list[tuple[list[nn.Parameter], float]]:
-        """Parameter groups with learning-rate multipliers (head 1, stage i from the top
-        ``lr_decay**(i+1)``), read by :func:`droplab.train.make_optimizer`."""
-        groups: list[tuple[list[nn.Parameter], float]] = [(list(self.head.parameters()), 1.0)]
-        seen = {id(p) for p in self.head.parameters()}
-        for stage, scale in zip(self.stages, self.lr_scales):
-            params = [p for p in stage.parameters() if id(p) not in seen]
-            seen.update(id(p) for p in params)
-            if params:
-                groups.append((params, scale))
-        rest = [p for p in self.parameters() if id(p) not in seen]
-        if rest:
-            groups.append((rest, self.lr_scales[-1] if self.lr_scales else 1.0))
-        return groups
-
-    def set_trainable_stages(self, n: int | None) -> None:
-        """Train the head and the top ``n`` stages (``None``: everything)."""
-        for p in self.source.parameters():
-            p.requires_grad_(n is None)
-        if n is not None:
-            for stage in self.stages[len(self.stages) - n:] if n > 0 else []:
-                for p in stage.parameters():
-                    p.requires_grad_(True)
-        for p in self.head.parameters():
-            p.requires_grad_(True)
-
-
-class _RepeatChannels(nn.Module):
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.expand(-1, self.n, *x.shape[2:])
-
-
-def _stages(source: nn.Module, max_stages: int) -> list[nn.Module]:
-    """The source's parameterised top-level blocks (descending into a lone container),
-    grouped into at most ``max_stages`` consecutive stages."""
-    blocks = [m for name, m in source.named_children() if name != "head" and _has_params(m)]
-    while len(blocks) == 1 and len(list(blocks[0].children())) > 1:
-        blocks = [m for m in blocks[0].children() if _has_params(m)]
-    if not blocks:
-        return []
-    k = min(max_stages, len(blocks))
-    size = -(-len(blocks) // k)
-    return [nn.ModuleList(blocks[i: i + size]) for i in range(0, len(blocks), size)]
-
-
-def _has_params(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters())
-
-
-class _TimmSource(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.model(x)  # timm with num_classes=0 returns pooled features
-
-
 # -- building the source ---------------------------------------------------------------------
-
-
-@dataclass
-class Source:
-    model: nn.Module
-    num_features: int
-    in_shape: tuple[int, int, int] | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
 
 
 def load_source(cfg: FinetuneConfig, pretrained: bool = True) -> Source:
     """Build the pretrained (or, with ``pretrained=False``, freshly initialised) source."""
     if cfg.from_run:
-        from droplab.tasks.classify import load_run
-
         loaded = load_run(cfg.from_run, device="cpu")
         model = loaded.model
         if not pretrained:
@@ -253,50 +122,11 @@ def load_source(cfg: FinetuneConfig, pretrained: bool = True) -> Source:
             for m in model.modules():
                 if hasattr(m, "reset_parameters") and m is not model:
                     m.reset_parameters()
-        feats = _feature_dim(model, loaded.in_shape)
-        return Source(model, feats, tuple(loaded.in_shape), tuple(loaded.mean),
+        feats = feature_dim(model, loaded.in_shape)
+        return Source(model, feats, tuple(loaded.in_shape), tuple(loaded.mean),  # type: ignore[arg-type]
                       tuple(loaded.std), f"run {cfg.from_run}")
     assert cfg.backbone is not None
-    kind, _, name = cfg.backbone.partition(":")
-    if kind == "tv" and name:
-        from droplab.models import ModelConfig, build_model
-
-        weights = cfg.weights if pretrained else None
-        mcfg = ModelConfig(name=f"tv:{name}", pretrained=weights == "DEFAULT",
-                           weights=None if weights in (None, "DEFAULT") else weights)
-        model = build_model(mcfg, (3, 224, 224), 1000)
-        return Source(model, _feature_dim(model, (3, 64, 64)), None, IMAGENET_MEAN,
-                      IMAGENET_STD, f"torchvision {name} ({weights or 'random init'})")
-    if kind == "timm" and name:
-        try:
-            import timm
-        except ImportError:
-            raise UserError("--backbone timm:… needs timm: pip install timm") from None
-        try:
-            net = timm.create_model(name, pretrained=pretrained and cfg.weights is not None,
-                                    num_classes=0)
-        except RuntimeError as exc:
-            raise UserError(f"timm could not create {name!r}: {str(exc).splitlines()[0]}") from None
-        except Exception as exc:  # hub download failed (offline)
-            from droplab.errors import WeightsUnavailable
-
-            raise WeightsUnavailable(
-                f"timm weights for {name!r} are not cached and cannot be downloaded "
-                f"({exc.__class__.__name__}); run once online or pass --weights none"
-            ) from None
-        source = _TimmSource(net)
-        return Source(source, int(net.num_features), None, IMAGENET_MEAN, IMAGENET_STD,
-                      f"timm {name}")
-    raise InvalidValue(f"--backbone must be tv:NAME or timm:NAME, got {cfg.backbone!r}")
-
-
-def _feature_dim(model: nn.Module, in_shape: tuple[int, ...]) -> int:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        f = model.forward_features(torch.zeros(1, *in_shape))
-    model.train(was)
-    return int(torch.flatten(f, 1).shape[1])
+    return backbone_source(cfg.backbone, cfg.weights, pretrained=pretrained)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -310,48 +140,13 @@ def build(cfg: FinetuneConfig, bundle: D.DatasetBundle) -> tuple[FinetuneNet, So
 
 def _assemble(cfg: FinetuneConfig, src: Source, num_classes: int,
               in_shape: tuple[int, ...]) -> FinetuneNet:
-    if src.in_shape is not None and tuple(src.in_shape[1:]) != tuple(in_shape[1:]):
-        raise InvalidValue(
-            f"the source run was trained on {src.in_shape[1]}×{src.in_shape[2]} images but "
-            f"{cfg.dataset} has {in_shape[1]}×{in_shape[2]}; pass --image-size "
-            f"{src.in_shape[1]}"
-        )
-    model = FinetuneNet(
-        src.model, src.num_features, num_classes, dropout=cfg.dropout,
-        dropout_kind=cfg.dropout_kind, hidden=cfg.hidden, in_channels=in_shape[0],
-        source_channels=src.in_shape[0] if src.in_shape else 3, freeze_bn=cfg.freeze_bn,
-        max_stages=cfg.max_stages,
-    )
-    if cfg.drop_path > 0 or cfg.dropblock > 0:
-        from droplab import surgery
-
-        if cfg.drop_path > 0:
-            surgery.add_dropout(model.source, after=nn.Sequential, kind="droppath", p=cfg.drop_path)
-        if cfg.dropblock > 0:
-            surgery.add_dropout(model.source, after=nn.Conv2d, kind="dropblock", p=cfg.dropblock)
-    n = len(model.stages)
-    model.lr_scales = [cfg.lr_decay ** (n - i) for i in range(n)]  # top stage: lr_decay
-    return model
+    return assemble(src, TransferSpec.from_config(asdict(cfg)), num_classes, in_shape,
+                    dataset=cfg.dataset)
 
 
 def rebuild(config: dict[str, Any], num_classes: int, in_shape: tuple[int, ...]) -> FinetuneNet:
-    """The architecture of a finetune run from its ``config.json``, without downloading.
-
-    The weights come from the run's checkpoint afterwards, so torchvision and timm
-    backbones are built randomly initialised; a ``--from RUN`` backbone needs that source
-    run folder, which defines its architecture.
-    """
-    names = {f.name for f in fields(FinetuneConfig)}
-    cfg = FinetuneConfig(**{k: v for k, v in config.items() if k in names})
-    try:
-        src = load_source(cfg, pretrained=cfg.from_run is not None)
-    except UserError as exc:
-        if cfg.from_run is None:
-            raise
-        raise UserError(f"this finetune run was built on the run {cfg.from_run}, which "
-                        f"defines its architecture and cannot be loaded ({exc}); restore "
-                        "that folder") from None
-    return _assemble(cfg, src, num_classes, in_shape)
+    """Moved: :func:`droplab.runs.restore.finetune_net` (kept for existing callers)."""
+    return finetune_net(config, num_classes, in_shape)
 
 
 def _trainable_stages(cfg: FinetuneConfig, n_stages: int, epoch: int) -> int | None:
@@ -459,4 +254,5 @@ def parse_weights(text: str | None) -> str | None:
     return text
 
 
-__all__ = ["STRATEGIES", "FinetuneConfig", "FinetuneNet", "build", "load_source", "run"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "STRATEGIES", "FinetuneConfig", "FinetuneNet",
+           "Source", "build", "load_source", "rebuild", "run"]

@@ -138,12 +138,8 @@ class GanConfig:
 
 
 def build_nets(cfg: GanConfig, shape: tuple[int, int, int]) -> tuple[nets.Generator, nets.Discriminator]:
-    """Generator and discriminator for images of ``shape`` (BN-free critic for WGAN-GP/SN)."""
-    g = nets.Generator(cfg.z_dim, shape, cfg.width, cfg.g_dropout, cfg.g_dropout_at_sampling)
-    norm = "none" if (cfg.loss == "wgan-gp" or cfg.spectral_norm) else "batch"
-    d = nets.Discriminator(shape, cfg.width, cfg.d_dropout, cfg.d_dropout_kind,
-                           cfg.d_dropout_where, cfg.spectral_norm, norm)
-    return g, d
+    """Generator and discriminator for images of ``shape`` (:func:`nets.build_gan`)."""
+    return nets.build_gan(shape, **nets.gan_options(asdict(cfg)))
 
 
 @torch.no_grad()

@@ -57,6 +57,7 @@ from droplab.models.style import (
     tv_loss,
 )
 from droplab.runs import RunDir, atomic_write_json
+from droplab.runs.restore import load_style_net
 from droplab.runtime import progress, resolve_device, seed_everything
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -688,21 +689,8 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
 
 def load_transformer(model: str | Path, device: str | torch.device = "cpu"
                      ) -> tuple[TransformerNet, dict[str, Any]]:
-    """A trained network from a ``style-train`` run folder or its ``checkpoint.pt``."""
-    path = Path(model)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise DataNotFound(f"no style model at {path}; pass a style-train run folder or its "
-                           "checkpoint.pt")
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        net = TransformerNet(**state["net_config"])
-        net.load_state_dict(state["model"])
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable style-train checkpoint "
-                        f"({type(exc).__name__}); retrain or pass another file") from None
-    return net.to(device).eval(), state
+    """Moved: :func:`droplab.runs.restore.load_style_net` (kept for existing callers)."""
+    return load_style_net(model, device)
 
 
 def mc_mode(net: torch.nn.Module, on: bool = True) -> None:

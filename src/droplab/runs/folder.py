@@ -1,4 +1,4 @@
-"""Run folders and atomic writes.
+"""Run folders.
 
 A run folder (``runs/<task>-<timestamp>`` unless ``--out DIR`` is given) holds:
 
@@ -8,104 +8,31 @@ A run folder (``runs/<task>-<timestamp>`` unless ``--out DIR`` is given) holds:
 - ``summary.json``  the final figures,
 - images and plots the task makes.
 
-Every file here is written through a temporary file and :func:`os.replace`, so a crash or
-a full disk never leaves a half-written file in place of a good one.
+Every file here is written through a temporary file and :func:`os.replace`
+(:mod:`droplab.fileio`), so a crash or a full disk never leaves a half-written file in
+place of a good one; checkpoints are read without running code
+(:mod:`droplab.runs.checkpoint`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
-import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from droplab.errors import DataNotFound, UserError
+from droplab.fileio import atomic_open, atomic_write_json, to_jsonable
+from droplab.runs.checkpoint import RESUME_ADVICE, load_checkpoint, save_checkpoint
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
-
-
-class DiskWriteError(UserError, OSError):
-    """Writing a result failed (disk full, no permission); the previous file is intact."""
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert dataclasses, paths, tensors, NumPy scalars and tuples to JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.tolist()) if obj.numel() != 1 else to_jsonable(obj.item())
-    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
-        return to_jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else (math.inf if obj > 0 else -math.inf)
-    return obj
-
-
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success fsync it and rename over ``path``.
-
-    On any error the temporary file is removed and ``path`` is left untouched; an
-    ``OSError`` (e.g. disk full) becomes a one-line :class:`DiskWriteError`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise DiskWriteError(
-            f"could not write {path}: {exc.strerror or exc}; the previous file (if any) is intact"
-        ) from exc
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _unlink_quietly(path: str | Path) -> None:
-    with suppress(OSError):
-        os.unlink(path)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_open(path, "w") as fh:
-        json.dump(to_jsonable(obj), fh, indent=2, allow_nan=True)
-        fh.write("\n")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write raw bytes (e.g. an encoded PNG), atomically."""
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through a temporary file and rename."""
-    with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
 
 
 def default_run_dir(task: str, root: str | Path = "runs") -> Path:
@@ -235,16 +162,22 @@ class RunDir:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any], name: str = CHECKPOINT) -> None:
-        atomic_torch_save(state, self.path / name)
+        """Write ``state`` (tensors and plain Python only) atomically."""
+        save_checkpoint(state, self.path / name)
 
     def load_checkpoint(
-        self, name: str = CHECKPOINT, map_location: str | torch.device = "cpu"
+        self,
+        name: str = CHECKPOINT,
+        map_location: str | torch.device = "cpu",
+        *,
+        advice: str = RESUME_ADVICE,
     ) -> dict[str, Any] | None:
+        """The checkpoint, read safely; ``None`` when there is none yet.
+
+        ``advice`` ends the one-line error for a broken file (the default suits a
+        resume; readers of a model pass :data:`~droplab.runs.checkpoint.MODEL_ADVICE`).
+        """
         path = self.path / name
         if not path.exists():
             return None
-        try:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as exc:  # truncated or foreign file
-            raise UserError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}); "
-                            "delete it to start over") from exc
+        return load_checkpoint(path, map_location, advice=advice)

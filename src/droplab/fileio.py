@@ -1,0 +1,250 @@
+"""Files droplab can trust: atomic writes, and torch files read without running code.
+
+Writes. Every result file goes through a temporary file beside its target, an ``fsync``
+and :func:`os.replace`, so a crash or a full disk never leaves a half-written file in
+place of a good one: a reader sees either the previous file or the new one. A failed write
+raises a one-line :class:`DiskWriteError` that says the previous file is intact.
+
+Reads. :func:`read_torch_file` is the only ``torch.load`` in droplab. It always passes
+``weights_only=True``: PyTorch's restricted unpickler then builds tensors, containers and
+numbers only, and refuses any other global *before* calling it, so a file carrying a
+pickled ``__reduce__`` payload is rejected with nothing in it executed (the attack of
+"Never unpickle untrusted data", Python ``pickle`` docs; PyTorch's "weights_only"
+security note). Callers may widen the allow-list by exactly the globals they need (run
+checkpoints of the previous release hold a NumPy array; :mod:`droplab.runs.checkpoint`).
+
+This module sits in the base layer (below :mod:`droplab.runs`, which re-exports it) so the
+image writer, the plots, the model zoo's weight files and the ONNX export can use it
+without importing the run-folder layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import math
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from droplab.errors import UserError
+
+
+class DiskWriteError(UserError, OSError):
+    """Writing a result failed (disk full, no permission); the previous file is intact."""
+
+
+class UnsafeFile(UserError):
+    """A torch file that would need code outside the allow-list to load; nothing ran."""
+
+
+class UnreadableFile(UserError):
+    """A torch file that is truncated, corrupt or not a torch file at all."""
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert dataclasses, paths, tensors, NumPy scalars and tuples to JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.tolist()) if obj.numel() != 1 else to_jsonable(obj.item())
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else (math.inf if obj > 0 else -math.inf)
+    return obj
+
+
+def _parent_problem(path: Path) -> str | None:
+    """Why ``path.parent`` cannot hold a file, or ``None`` when it (or its creation) is fine."""
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, not a folder"
+    return None
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename over ``path``.
+
+    On any error the temporary file is removed and ``path`` is left untouched; an
+    ``OSError`` (e.g. disk full, a parent that is a file) becomes a one-line
+    :class:`DiskWriteError`.
+    """
+    path = Path(path)
+    problem = _parent_problem(path)
+    if problem is not None:
+        raise DiskWriteError(f"could not write {path}: {problem}; choose another location")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DiskWriteError(
+            f"could not write {path}: {exc.strerror or exc}; choose another location"
+        ) from None
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise DiskWriteError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file (if any) is intact"
+        ) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    with suppress(OSError):
+        os.unlink(path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_open(path, "w") as fh:
+        json.dump(to_jsonable(obj), fh, indent=2, allow_nan=True)
+        fh.write("\n")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write raw bytes (e.g. an encoded PNG), atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and rename (see :func:`atomic_open`).
+
+    PyTorch's zip writer reports a failed ``write`` (a full disk) as a ``RuntimeError``
+    ("... failed writing file ...") rather than an ``OSError``; that too becomes a
+    one-line :class:`DiskWriteError` and the previous file stays in place.
+    """
+    with atomic_open(path, "wb") as fh:
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as exc:
+            if "writ" not in str(exc).lower():  # not an I/O failure: a bug
+                raise
+            raise OSError(errno.EIO, _write_failure(fh)) from None
+
+
+def _write_failure(fh: IO[Any]) -> str:
+    """The likely reason a write failed (a full disk when the file system has no room)."""
+    try:
+        st = os.fstatvfs(fh.fileno())
+    except OSError:
+        return os.strerror(errno.EIO)
+    return os.strerror(errno.ENOSPC) if st.f_bavail * st.f_frsize < 1 << 20 else os.strerror(errno.EIO)
+
+
+def read_torch_file(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    allow: Sequence[Any] = (),
+    what: str = "file",
+    advice: str = "pass another file",
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with ``allow`` added to the allow-list.
+
+    A file that needs any other global is refused with a one-line :class:`UnsafeFile`
+    naming the file and the globals it asked for; nothing in it runs. A truncated or
+    foreign file is a one-line :class:`UnreadableFile` ending in ``advice``.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path, allow) or _refused_in_message(exc)
+        if unsafe:
+            shown = ", ".join(unsafe[:3]) + (" …" if len(unsafe) > 3 else "")
+            raise UnsafeFile(
+                f"refused to load {what} {path}: it needs {shown}, which a droplab "
+                "file never holds (only tensors and plain Python); nothing in it was run. "
+                "Use files only from people you trust"
+            ) from None
+        reason = _first_line(exc)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+        reason = _first_line(exc)
+    raise UnreadableFile(f"{what} {path} cannot be read ({reason}); {advice}")
+
+
+_FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NOT = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Make every ``torch.load`` inside the block weights-only, whatever its caller passes.
+
+    For weights that third-party code reads from the torch hub cache
+    (``torch.hub.load_state_dict_from_url`` defaults to ``weights_only=False``; torchvision's
+    model builders, timm and torch-fidelity go through it). PyTorch reads the
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` variable on every call; the previous values of both
+    force variables are restored on exit. A hostile cached file then raises
+    ``pickle.UnpicklingError`` with nothing run.
+    """
+    saved = {k: os.environ.get(k) for k in (_FORCE, _FORCE_NOT)}
+    os.environ[_FORCE] = "1"
+    os.environ.pop(_FORCE_NOT, None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _unsafe_globals(path: Path, allow: Sequence[Any]) -> list[str]:
+    """Globals the pickle inside ``path`` names that are not allowed (read, never run)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: it cannot be inspected, treat as unreadable
+        return []
+    allowed = set()
+    for entry in allow:
+        if isinstance(entry, tuple):
+            allowed.add(entry[1])
+        else:
+            allowed.add(f"{entry.__module__}.{entry.__qualname__}")
+    return [n for n in names if n not in allowed]
+
+
+def _refused_in_message(exc: BaseException) -> list[str]:
+    """What PyTorch's unpickler refused to build or call, from its error message."""
+    found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)|but got <class '([\w.]+)'>",
+                       str(exc))
+    return [a or b for a, b in found]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text[:100] + ("…" if len(text) > 100 else "")
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and "Weights only" not in text else f"{name}; truncated?"
+
+
+__all__ = ["DiskWriteError", "UnreadableFile", "UnsafeFile", "atomic_open",
+           "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "read_torch_file",
+           "to_jsonable", "weights_only_loads"]
