@@ -130,3 +130,63 @@ def test_kill_9_mid_trial_then_resume_finishes_every_setting_once(tmp_path: Path
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE  # … and retried once
     assert retries[0].params == failed[0].params
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_original_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from droplab.tasks import sweep
+    from droplab.tasks.classify import ClassifyConfig
+    from droplab.tasks.sweep import objective
+
+    orig, copy = tmp_path / "orig", tmp_path / "elsewhere" / "copy"
+    base = ClassifyConfig(dataset="digits", limit=30, model="mlp", epochs=1, device="cpu",
+                          val_fraction=0.0, out=str(orig))
+    cfg = sweep.SweepConfig(base=base, space=sweep.SearchSpace([0.0, 0.3, 0.6]), folds=2,
+                            threads=1, attack_samples=20)
+    real, calls = objective.train_and_score, []
+
+    def interrupted_at_third_fold(*args: object, **kw: object) -> dict[str, float]:
+        calls.append(1)
+        if len(calls) == 3:  # trial 0 has both folds; trial 1 is stopped in its first fold
+            raise KeyboardInterrupt
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(objective, "train_and_score", interrupted_at_third_fold)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(cfg)
+    monkeypatch.setattr(objective, "train_and_score", real)
+    capsys.readouterr()
+    stored = json.loads((orig / "config.json").read_text())
+    assert stored["storage"] == "sqlite:///study.db"  # relative to the run folder
+    before = _snapshot(orig)
+    assert "summary.json" not in before
+
+    shutil.copytree(orig, copy)
+    rc, stdout, err = _sweep(["--out", str(copy), "--resume", "--threads", "1", "--device", "cpu",
+                              "--json"], capsys)
+    assert rc == 0, err
+    summary = json.loads(stdout)
+    assert summary["run_dir"] == str(copy) and summary["complete"]
+    assert summary["storage"] == f"sqlite:///{copy.resolve() / 'study.db'}"
+    assert _snapshot(orig) == before  # the original folder is byte-for-byte untouched
+    assert (copy / "summary.json").is_file() and (copy / "cv_vs_rate.png").is_file()
+
+    study = optuna.load_study(study_name=summary["study_name"],
+                              storage=f"sqlite:///{copy / 'study.db'}")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["rate"] for t in done) == [0.0, 0.3, 0.6]  # each setting once
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].params["rate"] == 0.3  # the interrupted trial …
+    retry = [t for t in done if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params  # … retried exactly once

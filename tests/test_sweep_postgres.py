@@ -86,7 +86,7 @@ def test_two_local_workers_and_a_joining_worker_share_one_postgres_study(
     import optuna
     from optuna.trial import TrialState
 
-    from droplab.tune import driver_url
+    from droplab.tasks.sweep import driver_url
 
     env = {**os.environ, "DROPLAB_PROGRESS": "0"}
     base = [sys.executable, "-m", "droplab", "sweep", *ARGS, "--storage", postgres_url]

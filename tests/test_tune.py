@@ -1,4 +1,4 @@
-"""droplab.tune: search-space parsing, study storage, stale-trial recovery, TPE + pruning."""
+"""droplab.tasks.sweep: search-space parsing, study storage, stale-trial recovery, TPE + pruning."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from droplab import tune
 from droplab.errors import InvalidValue, UserError
+from droplab.tasks import sweep as tune
 from droplab.tasks.classify import ClassifyConfig
 
 
@@ -104,3 +104,23 @@ def test_tpe_with_median_pruning_reports_fold_scores_as_steps(tmp_path: Path) ->
         if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs:
             assert len(folds) == 2 and t.value == pytest.approx(sum(f["acc"] for f in folds) / 2)
     assert summary["pick"]["rate"] in cfg.space.rates
+
+
+def test_storage_files_inside_the_run_folder_are_stored_relative_to_it(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    db = f"sqlite:///{run.resolve() / 'study.db'}"
+    assert tune.storage_record(db, run) == "sqlite:///study.db"
+    assert tune.storage_record(f"journal:{run / 'j' / 'study.journal'}", run) == "journal:j/study.journal"
+    outside = f"sqlite:///{tmp_path.resolve() / 'shared.db'}?timeout=30"
+    assert tune.storage_record(outside, run) == outside  # a shared file stays where it is
+    pg = "postgresql://u:pw@db.example:5432/sweeps"
+    assert tune.storage_record(pg, run) == pg
+    moved = tmp_path / "moved"
+    assert tune.resolve_storage("sqlite:///study.db", moved) == f"sqlite:///{moved.resolve() / 'study.db'}"
+    assert tune.resolve_storage("journal:j/study.journal", moved) == \
+        f"journal:{moved.resolve() / 'j' / 'study.journal'}"
+    assert tune.resolve_storage(outside, moved) == outside and tune.resolve_storage(pg, moved) == pg
+    # config.json of the previous release: an absolute path inside the folder it was created in
+    assert tune.resolve_storage(db, moved, stored_out=str(run)) == f"sqlite:///{moved.resolve() / 'study.db'}"
+    assert tune.resolve_storage(outside, moved, stored_out=str(run)) == outside

@@ -1,8 +1,8 @@
 """``droplab sweep``: choose the dropout rate by k-fold CV on an Optuna study.
 
-Thin: options → :class:`droplab.tune.SweepConfig` (wrapping the same
+Thin: options → :class:`droplab.tasks.sweep.SweepConfig` (wrapping the same
 :class:`~droplab.tasks.classify.ClassifyConfig` that ``droplab train`` builds) →
-:func:`droplab.tune.run` → summary.
+:func:`droplab.tasks.sweep.run` → summary.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def register(subparsers: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """A SweepConfig from the options (``--resume``: from the folder's config.json)."""
-    from droplab import tune
     from droplab.runs import RunDir
+    from droplab.tasks import sweep as tune
     from droplab.tasks.classify import ClassifyConfig
 
     if args.resume:
@@ -114,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg.workers = args.workers
         cfg.threads = args.threads or cfg.threads
         cfg.base.device = args.device
+        cfg.base.out = args.out  # the folder named now, wherever it was created
         return cfg
     values: dict[str, Any] = {}
     for name in _FIELDS:
@@ -130,7 +131,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from droplab import tune
+    from droplab.tasks import sweep as tune
 
     cfg = config_from_args(args)
     summary = tune.run(cfg, resume=args.resume)
