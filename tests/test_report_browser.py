@@ -15,7 +15,7 @@ from PIL import Image
 
 from browser import chromium_page, requires_chromium
 from droplab.cli import main
-from test_report import make_gan_run, make_sweep_run, make_train_run
+from report_runs import make_gan_run, make_sweep_run, make_train_run
 
 pytestmark = requires_chromium
 
