@@ -67,7 +67,7 @@ def train(name: str, **kw: Any) -> dict[str, Any]:
     from droplab.tasks.classify import ClassifyConfig, run
 
     t0 = time.perf_counter()
-    summary = run(ClassifyConfig(out=fresh(name), **kw))
+    summary = run(ClassifyConfig.build(out=fresh(name), **kw))
     summary["wall_s"] = time.perf_counter() - t0
     return summary
 

@@ -39,9 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
 
 def _base(args: argparse.Namespace, out: Path) -> ClassifyConfig:
     if args.tiny:
-        return ClassifyConfig(dataset="digits", limit=25, model="mlp", epochs=1, device="cpu",
+        return ClassifyConfig.build(dataset="digits", limit=25, model="mlp", epochs=1, device="cpu",
                               val_fraction=0.0, out=str(out), seed=args.seed)
-    return ClassifyConfig(dataset="mnist", data_root=args.root, limit=args.per_class,
+    return ClassifyConfig.build(dataset="mnist", data_root=args.root, limit=args.per_class,
                           model=args.model, epochs=args.epochs, batch_size=128, device="cpu",
                           val_fraction=0.0, out=str(out), seed=args.seed)
 

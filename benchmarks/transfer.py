@@ -47,7 +47,7 @@ def pretrain(args: argparse.Namespace) -> str:
     out = RUNS / "pretrain"
     if (out / "summary.json").exists():
         return str(out)
-    cfg = ClassifyConfig(dataset="cifar10", data_root=args.data_root,
+    cfg = ClassifyConfig.build(dataset="cifar10", data_root=args.data_root,
                          classes=[str(i) for i in range(5)], model="convnet", dropout=0.2,
                          dropout_where="all", epochs=args.pretrain_epochs, batch_size=128,
                          lr=0.1, lr_schedule="onecycle", augment="on", channels_last=True,

@@ -24,7 +24,7 @@ def digits_cfg(out: Path, **kw) -> ClassifyConfig:
     base = dict(dataset="digits", model="mlp", widths=[128], dropout=0.5, epochs=2,
                 out=str(out), device="cpu")
     base.update(kw)
-    return ClassifyConfig(**base)
+    return ClassifyConfig.build(**base)
 
 
 def write_folder(root: Path, per_class: int = 20, size: int = 16) -> Path:
@@ -93,7 +93,7 @@ def test_resume_checks_and_finished_run(tmp_path: Path) -> None:
     metrics = (out / "metrics.jsonl").read_bytes()
     assert run(digits_cfg(out), resume=True) == json.loads(json.dumps(s))
     assert (out / "metrics.jsonl").read_bytes() == metrics
-    with pytest.raises(ResumeError, match=r"model='mlp'.*model='lenet'") as err:
+    with pytest.raises(ResumeError, match=r"--model \(stored 'mlp', given 'lenet'\)") as err:
         run(digits_cfg(out, model="lenet"), resume=True)
     assert "\n" not in str(err.value)
     with pytest.raises(ResumeError, match="classes"):
@@ -102,18 +102,18 @@ def test_resume_checks_and_finished_run(tmp_path: Path) -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(InvalidValue, match="--dropout"):
-        ClassifyConfig(dropout=1.0)
+        ClassifyConfig.build(dropout=1.0)
     with pytest.raises(InvalidValue, match="val-fraction"):
-        ClassifyConfig(val_fraction=1.0)
+        ClassifyConfig.build(val_fraction=1.0)
     with pytest.raises(UnknownName, match="optimizer"):
-        ClassifyConfig(optimizer="lamb")
+        ClassifyConfig.build(optimizer="lamb")
 
 
 def test_imagefolder_training_and_evaluation_with_mc_and_ood(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "imgs")
     out = tmp_path / "r"
-    s = run(ClassifyConfig(dataset=f"imagefolder:{folder}", model="mlp", epochs=4, batch_size=8,
-                           val_fraction=0.2, out=str(out), device="cpu"))
+    s = run(ClassifyConfig.build(dataset=f"imagefolder:{folder}", model="mlp", epochs=4,
+                                 batch_size=8, val_fraction=0.2, out=str(out), device="cpu"))
     assert s["classes"] == ["bars", "blob", "ramp"] and s["in_shape"] == [3, 16, 16]
     # three easily separable classes: chance is 1/3
     assert s["test_acc"] >= 0.75
@@ -147,7 +147,7 @@ def test_convert_channels_and_size() -> None:
 def test_mnist_from_shared(shared_dir: Path, tmp_path: Path) -> None:
     if not (shared_dir / "datasets" / "MNIST" / "raw").is_dir():
         pytest.skip("no MNIST in the shared data")
-    s = run(ClassifyConfig(dataset="mnist", data_root=str(shared_dir / "datasets"), limit=60,
+    s = run(ClassifyConfig.build(dataset="mnist", data_root=str(shared_dir / "datasets"), limit=60,
                            model="mlp", epochs=2, download=False, out=str(tmp_path / "m"),
                            device="cpu"))
     # 540 training images, 600 test images: well above chance (0.1)

@@ -150,7 +150,7 @@ def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_origina
     from droplab.tasks.sweep import objective
 
     orig, copy = tmp_path / "orig", tmp_path / "elsewhere" / "copy"
-    base = ClassifyConfig(dataset="digits", limit=30, model="mlp", epochs=1, device="cpu",
+    base = ClassifyConfig.build(dataset="digits", limit=30, model="mlp", epochs=1, device="cpu",
                           val_fraction=0.0, out=str(orig))
     cfg = sweep.SweepConfig(base=base, space=sweep.SearchSpace([0.0, 0.3, 0.6]), folds=2,
                             threads=1, attack_samples=20)

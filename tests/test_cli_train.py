@@ -56,8 +56,8 @@ def test_train_writes_run_folder(trained: tuple[Path, dict]) -> None:
     for f in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "learning_curves.png"):
         assert (out / f).is_file(), f
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["task"] == "train" and cfg["classes"] == ["0", "1", "2", "3", "4"]
-    assert cfg["channels_last"] is True and cfg["dropout"] == 0.5
+    assert cfg["task"] == "train" and cfg["data"]["classes"] == ["0", "1", "2", "3", "4"]
+    assert cfg["train"]["channels_last"] is True and cfg["model"]["dropout"] == 0.5
     assert [r["epoch"] for r in records(out)] == [1, 2]
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert s == json.loads((out / "summary.json").read_text())
@@ -118,15 +118,15 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_bad_rate_and_resume_errors(tmp_path: Path, trained: tuple[Path, dict],
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:  # argparse: exit status 2
-        main(train_args(tmp_path / "r", "--dropout", "1.5"))
-    assert exc.value.code == 2 and "outside [0, 1)" in capsys.readouterr().err
+    assert main(train_args(tmp_path / "r", "--dropout", "1.5")) == 2
+    assert "outside [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before any folder was made
     assert main(["train", "--resume"]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
     out, _ = trained
     assert main(["train", "--out", str(out), "--resume", "--model", "lenet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "model='mlp'" in err and "model='lenet'" in err
+    assert "\n" not in err and "--model (stored 'mlp', given 'lenet')" in err
     assert main(["train", "--out", str(out), "--resume", "--classes", "0-9"]) == 2
     assert "classes" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2

@@ -19,7 +19,7 @@ from droplab.tasks.classify import ClassifyConfig
 
 
 def _cfg(tmp_path: Path, rates: list[float], **kw: object) -> tune.SweepConfig:
-    base = ClassifyConfig(dataset="digits", limit=20, model="mlp", epochs=1, device="cpu",
+    base = ClassifyConfig.build(dataset="digits", limit=20, model="mlp", epochs=1, device="cpu",
                           val_fraction=0.0, out=str(tmp_path / "out"))
     return tune.SweepConfig(base=base, space=tune.SearchSpace(rates), folds=2, threads=1,
                             attack_samples=20, **kw)  # type: ignore[arg-type]

@@ -26,13 +26,11 @@ dropout regulariser).
 
 from __future__ import annotations
 
-import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sized
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -41,137 +39,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from droplab.errors import InvalidValue, ResumeError, UserError, check_rate, unknown_name
+from droplab.engine.config import TrainConfig
+from droplab.engine.distributed import (
+    distributed_env,
+    init_distributed,
+    rank_world,
+    shutdown_distributed,
+)
+from droplab.errors import ResumeError, UserError
 from droplab.runs import RunDir
 from droplab.runtime import progress
 
-OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULES = ("cosine", "onecycle", "constant")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-
-#: default learning rate and weight decay per optimiser (used when the config says None)
-DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.01}
-
-
-@dataclass
-class TrainConfig:
-    """Options of :func:`fit`; each maps to one behaviour of the loop.
-
-    ``lr``/``weight_decay`` of ``None`` take the optimiser's default (:data:`DEFAULT_LR`,
-    :data:`DEFAULT_WEIGHT_DECAY`); weight decay is applied to weights only, not to biases
-    or normalisation parameters. ``amp="auto"`` is bf16 autocast on CUDA GPUs that support
-    it, else fp16 with a GradScaler, and off on the CPU. ``dropout_schedule`` is a
-    :func:`droplab.schedules.make_schedule` spec stepped once per batch; its target rate is
-    ``dropout_p`` (default: the largest rate found in the model). ``checkpoint_every``
-    additionally checkpoints every N optimiser steps inside an epoch (0: epoch ends only).
-    ``batch_size`` is the global batch; the caller builds its loaders with it (divided by
-    the world size under data parallelism).
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    max_norm: float | None = None
-    dropout_schedule: str | None = None
-    dropout_p: float | None = None
-    amp: str = "auto"
-    tensorboard: bool = False
-    channels_last: bool = False
-    checkpoint_every: int = 0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise a one-line :class:`~droplab.errors.UserError` for a bad option."""
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise unknown_name("lr schedule", self.lr_schedule, LR_SCHEDULES)
-        if self.amp not in AMP_MODES:
-            raise unknown_name("amp mode", self.amp, AMP_MODES)
-        if int(self.epochs) < 1:
-            raise InvalidValue(f"--epochs must be at least 1, got {self.epochs}")
-        if int(self.batch_size) < 1:
-            raise InvalidValue(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise InvalidValue(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay is not None and not self.weight_decay >= 0:
-            raise InvalidValue(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise InvalidValue(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.max_norm is not None and not self.max_norm > 0:
-            raise InvalidValue(f"--max-norm must be positive (e.g. 3 or 4), got {self.max_norm}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise InvalidValue(f"grad_clip must be positive, got {self.grad_clip}")
-        if self.warmup_epochs < 0:
-            raise InvalidValue(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.checkpoint_every < 0:
-            raise InvalidValue(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.dropout_p is not None:
-            check_rate(self.dropout_p, "dropout_p")
-
-    @property
-    def resolved_lr(self) -> float:
-        return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
-
-    @property
-    def resolved_weight_decay(self) -> float:
-        wd = self.weight_decay
-        return float(wd if wd is not None else DEFAULT_WEIGHT_DECAY[self.optimizer])
-
-
-# ------------------------------------------------------------------------------------------
-# data parallelism
-# ------------------------------------------------------------------------------------------
-def distributed_env() -> tuple[int, int, int] | None:
-    """``(rank, world_size, local_rank)`` when launched by ``torchrun``, else ``None``."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    world = int(os.environ["WORLD_SIZE"])
-    if world < 2:
-        return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0))
-
-
-def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """Start the process group if launched by ``torchrun``; return ``(rank, world, device)``.
-
-    Uses NCCL on CUDA (each process takes GPU ``LOCAL_RANK``) and gloo otherwise. Without
-    ``torchrun`` this is a no-op returning ``(0, 1, device)``.
-    """
-    env = distributed_env()
-    if env is None:
-        return 0, 1, device
-    rank, world, local_rank = env
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def shutdown_distributed() -> None:
-    """Destroy the process group if one is running (end of a ``torchrun`` task)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
+__all__ = [
+    "TrainConfig",
+    "distributed_env",
+    "evaluate",
+    "fit",
+    "init_distributed",
+    "predict_proba",
+    "shutdown_distributed",
+]
 
 # ------------------------------------------------------------------------------------------
 # building blocks
@@ -382,7 +269,7 @@ def fit(
     best_epoch, time_s, images_per_s`` (the last epoch's figures).
     """
     device = torch.device(device)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     main_process = rank == 0
     writer_run = run if main_process else None
 

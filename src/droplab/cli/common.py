@@ -1,14 +1,19 @@
-"""Options and output shared by every subcommand."""
+"""Helpers for the subcommands whose parsers are still written by hand (report, serve,
+sweep until their owners generate them from configs with :mod:`droplab.cli.options`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
-from droplab.errors import InvalidValue
-from droplab.runs import to_jsonable
+from droplab.cli.options import emit as _emit
+from droplab.cli.options import stderr
+from droplab.engine.config import parse_classes
+from droplab.errors import InvalidValue, check_rate
+from droplab.models.classifiers import parse_widths
+
+__all__ = ["add_run_options", "emit", "parse_classes", "parse_rate", "positive_int", "stderr",
+           "widths"]
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, resume: bool = True) -> None:
@@ -24,44 +29,34 @@ def add_run_options(parser: argparse.ArgumentParser, *, resume: bool = True) -> 
 
 def emit(summary: dict[str, Any], args: argparse.Namespace, human: str | None = None) -> None:
     """Print the summary: one JSON object with ``--json``, else a short human text."""
-    if getattr(args, "json", False):
-        print(json.dumps(to_jsonable(summary), allow_nan=True))
-        return
-    if human is None:
-        human = "\n".join(f"{k}: {_fmt(v)}" for k, v in summary.items() if not isinstance(v, dict | list))
-    print(human)
+    _emit(summary, json_output=bool(getattr(args, "json", False)),
+          human=(lambda _s: human) if human is not None else None)
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _type(fn: Any) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return fn(text)
+        except InvalidValue as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
-def parse_rate(text: str) -> float:
-    """argparse ``type=`` for a drop probability in [0, 1)."""
-    from droplab.errors import check_rate
+def _rate(text: str) -> float:
+    return check_rate(text, "rate")
 
+
+def _positive(text: str) -> int:
     try:
-        return check_rate(text, "rate")
-    except InvalidValue as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        value = int(text)
+    except ValueError:
+        raise InvalidValue(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise InvalidValue(f"expected a positive integer, got {text!r}")
+    return value
 
 
-def parse_classes(text: str | None) -> list[str] | None:
-    """``0-4`` or ``0,2,5`` or ``cat,dog`` → list of class tokens (indices kept as str)."""
-    if text is None or text == "":
-        return None
-    out: list[str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part and all(s.strip().isdigit() for s in part.split("-", 1)):
-            a, b = (int(s) for s in part.split("-", 1))
-            if b < a:
-                raise InvalidValue(f"--classes range {part!r} is reversed; write {b}-{a}")
-            out.extend(str(i) for i in range(a, b + 1))
-        elif part:
-            out.append(part)
-    return out
-
-
-def stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+#: argparse ``type=`` converters (messages without internal function names)
+parse_rate = _type(_rate)
+positive_int = _type(_positive)
+widths = _type(parse_widths)

@@ -11,7 +11,8 @@ import argparse
 from typing import Any
 
 from droplab.cli.common import add_run_options, emit, parse_classes, parse_rate
-from droplab.cli.train import _positive_int, _widths
+from droplab.cli.common import positive_int as _positive_int
+from droplab.cli.common import widths as _widths
 from droplab.errors import InvalidValue
 
 #: ClassifyConfig fields set from options of the same name (dropout/kind/where are the space)
@@ -113,8 +114,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cfg = tune.config_from_dict(stored)
         cfg.workers = args.workers
         cfg.threads = args.threads or cfg.threads
-        cfg.base.device = args.device
-        cfg.base.out = args.out  # the folder named now, wherever it was created
+        cfg.base.run.device = args.device
+        cfg.base.run.out = args.out  # the folder named now, wherever it was created
         return cfg
     values: dict[str, Any] = {}
     for name in _FIELDS:
@@ -122,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if value is not None:
             values[name] = ("on" if value else "off") if name == "augment" else value
     values.update(seed=args.seed, device=args.device, out=args.out, val_fraction=0.0)
-    base = ClassifyConfig(**values)
+    base = ClassifyConfig.build(**values)
     space = tune.SearchSpace(rates=tune.parse_rates(args.rates),
                              kinds=tune.parse_names(args.kinds),
                              wheres=tune.parse_names(args.wheres))

@@ -40,8 +40,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from droplab.errors import InvalidValue, WeightsUnavailable, check_rate, unknown_name
+from droplab.config import Config, option
+from droplab.errors import InvalidValue, WeightsUnavailable, unknown_name
 from droplab.fileio import UnreadableFile, UnsafeFile, read_torch_file, weights_only_loads
+from droplab.layers import KINDS, make_dropout
 
 __all__ = [
     "MODELS",
@@ -50,6 +52,7 @@ __all__ = [
     "ModelConfig",
     "apply_max_norm",
     "build_model",
+    "parse_widths",
 ]
 
 MODELS = ("mlp", "lenet", "convnet", "resnet18-cifar", "tv:<name>")
@@ -66,54 +69,52 @@ DEFAULT_WIDTHS: dict[str, tuple[int, ...]] = {
 }
 
 
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``--widths`` text: ``800,800`` or ``800x800`` → ``(800, 800)``."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise InvalidValue(f"--widths takes integers like 512,256, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """What :func:`build_model` builds.
 
     ``widths``: hidden sizes (``mlp``), conv widths then the FC width (``lenet``) or stage
     widths (``convnet``); ``None`` for the default. ``max_norm``: the max-norm constraint
     (Srivastava et al. 2014) applied at build time; training must re-apply it after every
-    step (``TrainConfig.max_norm``). ``pretrained``: the torchvision weights enum's default
-    (``tv:`` models only). ``weights``: a state-dict file (a droplab state dict of the same
-    model, a checkpoint holding one under ``"model"``, or for ``tv:`` models a plain
-    torchvision state dict).
+    step (``TrainConfig.max_norm``, which is also where tasks take it from). ``pretrained``:
+    the torchvision weights enum's default (``tv:`` models only). ``weights``: a
+    state-dict file (a droplab state dict of the same model, a checkpoint holding one under
+    ``"model"``, or for ``tv:`` models a plain torchvision state dict).
     """
 
-    name: str = "lenet"
-    widths: tuple[int, ...] | None = None
-    dropout: float = 0.0
-    dropout_kind: str = "dropout"
-    dropout_where: str = "head"
-    input_dropout: float = 0.0
-    max_norm: float | None = None
-    pretrained: bool = False
-    weights: str | None = None
-
-    def __post_init__(self) -> None:
-        self.dropout = check_rate(self.dropout, "dropout")
-        self.input_dropout = check_rate(self.input_dropout, "input dropout")
-        if self.widths is not None:
-            if isinstance(self.widths, str):
-                self.widths = tuple(int(w) for w in self.widths.replace(",", " ").split())
-            self.widths = tuple(int(w) for w in self.widths)
-            if not self.widths or min(self.widths) < 1:
-                raise InvalidValue(f"widths must be positive integers, got {self.widths!r}")
-        if self.dropout_where not in WHERE:
-            raise unknown_name("dropout placement", self.dropout_where, WHERE)
-        if self.max_norm is not None and not self.max_norm > 0:
-            raise InvalidValue(f"max-norm must be positive (e.g. 3 or 4), got {self.max_norm!r}")
-        from droplab.layers import KINDS
-
-        if self.dropout_kind not in KINDS:
-            raise unknown_name("dropout kind", self.dropout_kind, KINDS)
+    name: str = option("lenet", flag="--model", metavar="NAME",
+                       help="classifier: mlp, lenet, convnet, resnet18-cifar or tv:NAME "
+                       "(any torchvision classifier)")
+    widths: tuple[int, ...] | None = option(None, ge=1, parse=parse_widths, metavar="W,W,…",
+                                            help="layer widths, e.g. 800,800 (mlp) or 32,64,128 "
+                                            "(default: the model's own)")
+    dropout: float = option(0.0, rate=True, metavar="P",
+                            help="drop probability of the main dropout layers")
+    dropout_kind: str = option("dropout", choices=tuple(KINDS), what="dropout kind",
+                               metavar="KIND", help=f"{', '.join(KINDS)}")
+    dropout_where: str = option("head", choices=WHERE, what="dropout placement",
+                                help="head (before the classifier and, for mlp, after every "
+                                "hidden layer), conv (after every conv stage) or all")
+    input_dropout: float = option(0.0, rate=True, metavar="P",
+                                  help="drop probability on the input (0.2 in Srivastava et al.)")
+    max_norm: float | None = option(None, gt=0, cli=False, help="max-norm cap applied at build")
+    pretrained: bool = option(False, help="start tv: models from their weights enum's default "
+                              "(torch hub cache, else downloaded)")
+    weights: str | None = option(None, cli=False, help="a state-dict file to start from")
 
 
 # ----------------------------------------------------------------------------- dropout helpers
 
 
 def _make(kind: str, p: float, **kw: Any) -> nn.Module:
-    from droplab.layers import make_dropout
-
     return make_dropout(kind, p, **kw)
 
 

@@ -25,187 +25,94 @@ Reloading a run's model lives in the library: :func:`droplab.runs.restore.load_r
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from droplab.errors import InvalidValue, ResumeError, UserError, check_rate
-from droplab.runs import RunDir, atomic_write_json, to_jsonable
+from droplab import data as D
+from droplab import plots
+from droplab.config import Config, option, section
+from droplab.engine.config import ClassifyDataConfig, RunConfig, TrainConfig, parse_device
+from droplab.engine.distributed import broadcast_object, init_distributed, shutdown_distributed
+from droplab.engine.resume import open_run
+from droplab.errors import InvalidValue, UserError
+from droplab.models import ModelConfig, build_model
+from droplab.plots import learning_curves
+from droplab.runs import RunDir, atomic_write_bytes, atomic_write_json
 from droplab.runs.restore import LoadedRun, load_run  # re-exported: moved to droplab.runs
 from droplab.runtime import resolve_device, seed_everything
-from droplab.train import (
-    TrainConfig,
-    distributed_env,
-    fit,
-    init_distributed,
-    predict_proba,
-    shutdown_distributed,
+from droplab.train import fit, predict_proba
+from droplab.uncertainty import (
+    brier_score,
+    expected_calibration_error,
+    mc_predict,
+    mutual_information,
+    negative_log_likelihood,
+    ood_auroc,
+    predictive_entropy,
 )
 
 TASK = "train"
-AUGMENT_CHOICES = ("auto", "on", "off")
-
-#: config fields that may differ when resuming (they do not change the numbers)
-RUNTIME_FIELDS = frozenset({"device", "out", "tensorboard", "checkpoint_every", "download"})
 
 
 @dataclass
-class ClassifyConfig:
-    """Everything that defines a classification run (``config.json`` stores it).
+class ClassifyConfig(Config):
+    """Everything that defines a classification run (``config.json`` stores it), in four
+    sections that other tasks reuse:
 
-    Data: ``dataset`` (``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``,
-    ``imagefolder:PATH``), ``data_root``, ``classes`` (names or index strings),
-    ``image_size``, ``limit`` (images per class, for quick runs), ``val_fraction`` (a
-    stratified share of the training part; 0 disables validation), ``augment``
-    (``auto``: random crops+flips for colour images, none for greyscale digits).
+    - ``data`` (:class:`~droplab.engine.config.ClassifyDataConfig`): dataset, classes,
+      image size, per-class limit, validation share, augmentation;
+    - ``model`` (:class:`~droplab.models.ModelConfig`): the classifier and its dropout
+      (rate, kind, placement, input dropout);
+    - ``train`` (:class:`~droplab.engine.config.TrainConfig`): the loop's options, incl.
+      max-norm (applied at build time too) and the dropout schedule;
+    - ``run`` (:class:`~droplab.engine.config.RunConfig`): seed, device, output folder.
 
-    Model (:class:`droplab.models.ModelConfig`): ``model``, ``widths``, ``dropout`` (rate
-    of the main dropout layers), ``dropout_kind``, ``dropout_where`` (``head``, ``conv``,
-    ``all``), ``input_dropout`` (rate on the input, 0.2 in Srivastava et al. 2014),
-    ``max_norm`` (per-unit weight-norm cap ``c``, 3–4 in the paper), ``dropout_schedule``
-    (a :func:`droplab.schedules.make_schedule` spec, stepped per batch).
-
-    Training (:class:`droplab.train.TrainConfig`): ``epochs``, ``batch_size``,
-    ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``lr_schedule``,
-    ``warmup_epochs``, ``label_smoothing``, ``amp``, ``channels_last``,
-    ``checkpoint_every``. Run: ``seed``, ``device``, ``out``, ``tensorboard``.
-
-    The defaults train ``digits`` with an MLP to ≥ 0.95 test accuracy in 5 epochs.
+    ``ClassifyConfig.build(dataset="digits", epochs=5)`` takes flat option names. The
+    defaults train ``digits`` with an MLP to ≥ 0.95 test accuracy in 5 epochs.
     """
 
-    dataset: str = "digits"
-    data_root: str | None = None
-    classes: list[str] | None = None
-    image_size: int | None = None
-    limit: int | None = None
-    download: bool = True
-    # model
-    model: str = "mlp"
-    widths: list[int] | None = None
-    dropout: float = 0.5
-    dropout_kind: str = "dropout"
-    dropout_where: str = "head"
-    input_dropout: float = 0.0
-    max_norm: float | None = None
-    dropout_schedule: str | None = None
-    # training
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    amp: str = "auto"
-    channels_last: bool = False
-    checkpoint_every: int = 0
-    # data split / augmentation
-    val_fraction: float = 0.1
-    augment: str = "auto"
-    # run
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
-    tensorboard: bool = False
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every option early with a one-line message."""
-        check_rate(self.dropout, "--dropout")
-        check_rate(self.input_dropout, "--input-dropout")
-        if not 0.0 <= float(self.val_fraction) < 1.0:
-            raise InvalidValue(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if isinstance(self.augment, bool):
-            self.augment = "on" if self.augment else "off"
-        if self.augment not in AUGMENT_CHOICES:
-            raise InvalidValue(f"augment must be one of {', '.join(AUGMENT_CHOICES)}, got {self.augment!r}")
-        if self.classes is not None:
-            self.classes = [str(c) for c in self.classes]
-        if self.widths is not None:
-            self.widths = [int(w) for w in self.widths]
-        self.train_config()  # validates the training options
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassifyConfig:
-        """Rebuild from ``config.json`` (unknown keys such as ``task`` are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    data: ClassifyDataConfig = section(ClassifyDataConfig, title="data")
+    model: ModelConfig = section(lambda: ModelConfig(name="mlp", dropout=0.5),
+                                 title="model and dropout")
+    train: TrainConfig = section(lambda: TrainConfig(batch_size=32), title="training")
+    run: RunConfig = section(RunConfig, title="run")
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
-            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-            lr_schedule=self.lr_schedule, warmup_epochs=self.warmup_epochs,
-            label_smoothing=self.label_smoothing, max_norm=self.max_norm,
-            dropout_schedule=self.dropout_schedule,
-            dropout_p=self.dropout if self.dropout_schedule and self.dropout > 0 else None,
-            amp=self.amp, tensorboard=self.tensorboard, channels_last=self.channels_last,
-            checkpoint_every=self.checkpoint_every,
-        )
+        """The loop's options; a dropout schedule ramps towards ``--dropout``."""
+        scheduled = self.train.dropout_schedule and self.model.dropout > 0
+        return dataclasses.replace(self.train,
+                                   dropout_p=self.model.dropout if scheduled else None)
 
-    def model_config(self) -> Any:
-        from droplab.models import ModelConfig
-
-        kw: dict[str, Any] = dict(
-            name=self.model, dropout=self.dropout, dropout_kind=self.dropout_kind,
-            dropout_where=self.dropout_where, input_dropout=self.input_dropout,
-            max_norm=self.max_norm,
-        )
-        if self.widths is not None:
-            kw["widths"] = tuple(self.widths)
-        return ModelConfig(**kw)
-
-    def resolved_augment(self, dataset_name: str, channels: int) -> bool:
-        if self.augment == "auto":
-            return channels == 3  # crops+flips for colour photos; none for digits
-        return self.augment == "on"
+    def model_config(self) -> ModelConfig:
+        """The architecture, with the max-norm cap applied at build time as well."""
+        return dataclasses.replace(self.model, max_norm=self.train.max_norm)
 
 
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def _check_resume(stored: dict[str, Any], cfg: ClassifyConfig, path: Path) -> None:
-    """A resumed run must have the same configuration (runtime options aside)."""
-    if stored.get("task") != TASK:
-        raise ResumeError(f"{path} is a {stored.get('task')!r} run, not a training run; "
-                          "pass the folder of a `droplab train` run")
-    now = to_jsonable(cfg)
-    for key in ("model", "dataset", "classes", "widths", "image_size", "dropout_kind",
-                "dropout_where", *sorted(now)):
-        if key in RUNTIME_FIELDS or key not in now:
-            continue
-        if stored.get(key) != now[key]:
-            raise ResumeError(
-                f"{path} was trained with {key}={stored.get(key)!r} but this resume asks for "
-                f"{key}={now[key]!r}; resume with the same options or start a new --out folder"
-            )
-
-
-def _make_run_dir(cfg: ClassifyConfig, resume: bool, rank: int, world: int) -> RunDir:
-    """Rank 0 creates (or reopens) the folder; other ranks learn its path."""
-    if world == 1:
-        return RunDir.create(cfg.out, TASK, resume=resume)
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
+def _open_run_dir(cfg: ClassifyConfig, resume: bool, rank: int) -> RunDir:
+    """Rank 0 creates (or reopens) the folder under the one resume rule; the other ranks
+    learn its path (or the error)."""
+    found: Any = None
     if rank == 0:
         try:
-            box[0] = str(RunDir.create(cfg.out, TASK, resume=resume).path)
+            found = str(open_run(cfg, TASK, resume=resume).path)
         except UserError as exc:
-            box[0] = exc
-    dist.broadcast_object_list(box, src=0)
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return RunDir(box[0])
+            found = exc
+    found = broadcast_object(found)
+    if isinstance(found, BaseException):
+        raise found
+    cfg.run.out = found
+    return RunDir(found)
 
 
 def run(
@@ -216,71 +123,66 @@ def run(
 ) -> dict[str, Any]:
     """Train and test a classifier; return the summary written to ``summary.json``.
 
-    ``resume=True`` continues the run in ``cfg.out`` from its checkpoint (same options
-    required, else :class:`~droplab.errors.ResumeError`); a finished run returns its
-    stored summary without training. ``on_epoch(record)`` is passed to
-    :func:`droplab.train.fit` (a sweep may raise from it to prune). Under ``torchrun``
-    each process trains on its shard (``batch_size`` is the global batch) and only rank
-    0 writes files.
+    ``resume=True`` continues the run in ``cfg.run.out`` from its checkpoint (same options
+    required, else :class:`~droplab.errors.ResumeError`; see
+    :mod:`droplab.engine.resume`); a finished run returns its stored summary without
+    training. ``on_epoch(record)`` is passed to :func:`droplab.train.fit` (a sweep may
+    raise from it to prune). Under ``torchrun`` each process trains on its shard
+    (``batch_size`` is the global batch) and only rank 0 writes files.
     """
-    from droplab import data as D
-    from droplab.models import build_model
-    from droplab.uncertainty import brier_score, expected_calibration_error
-
-    cfg.validate()
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.run.device)
     rank, world, device = init_distributed(device)
+    data, tcfg = cfg.data, cfg.train_config()
     try:
-        run_dir = _make_run_dir(cfg, resume, rank, world)
+        run_dir = _open_run_dir(cfg, resume, rank)
         if resume:
-            _check_resume(run_dir.read_config(), cfg, run_dir.path)
             done = run_dir.read_summary()
             if done is not None:
                 return done
-        elif rank == 0:
-            run_dir.write_config(cfg, task=TASK)
 
-        seed_everything(cfg.seed)
-        bundle = D.load_dataset(cfg.dataset, cfg.data_root, cfg.classes, image_size=cfg.image_size,
-                                seed=cfg.seed, download=cfg.download, limit=cfg.limit)
+        seed = cfg.run.seed
+        seed_everything(seed)
+        bundle = D.load_dataset(data.dataset, data.data_root, data.classes,
+                                image_size=data.image_size, seed=seed, download=data.download,
+                                limit=data.limit)
         all_idx = torch.arange(len(bundle.train))
-        if cfg.val_fraction > 0:
-            train_idx, val_idx = D.stratified_split(bundle.train.labels, cfg.val_fraction, cfg.seed)
+        if data.val_fraction > 0:
+            train_idx, val_idx = D.stratified_split(bundle.train.labels, data.val_fraction, seed)
         else:
             train_idx, val_idx = all_idx, None
-        per_rank = max(1, cfg.batch_size // world)
+        per_rank = max(1, tcfg.batch_size // world)
         shard = -(-len(train_idx) // world)
         common = dict(mean=bundle.mean, std=bundle.std, device=device,
-                      channels_last=cfg.channels_last)
+                      channels_last=tcfg.channels_last)
         train_loader = D.Loader(
             bundle.train, train_idx, batch_size=per_rank, shuffle=True,
-            augment=cfg.resolved_augment(bundle.name, bundle.in_shape[0]), seed=cfg.seed,
+            augment=data.resolved_augment(bundle.in_shape[0]), seed=seed,
             drop_last=shard % per_rank == 1,  # a batch of one breaks BatchNorm
             rank=rank, world_size=world, **common,
         )
-        eval_bs = max(256, cfg.batch_size)
+        eval_bs = max(256, tcfg.batch_size)
         val_loader = (D.Loader(bundle.train, val_idx, batch_size=eval_bs, shuffle=False, **common)
                       if val_idx is not None else None)
         test_loader = D.Loader(bundle.test, None, batch_size=eval_bs, shuffle=False, **common)
 
-        seed_everything(cfg.seed)
+        seed_everything(seed)
         model_cfg = cfg.model_config()
         model = build_model(model_cfg, bundle.in_shape, bundle.num_classes)
         num_params = sum(p.numel() for p in model.parameters())
-        meta = {"model_config": asdict(model_cfg), "classes": bundle.classes,
+        meta = {"model_config": model_cfg.to_dict(), "classes": bundle.classes,
                 "in_shape": tuple(bundle.in_shape), "mean": tuple(bundle.mean),
                 "std": tuple(bundle.std), "dataset": bundle.name}
-        result = fit(model, train_loader, val_loader, cfg.train_config(), device=device,
+        result = fit(model, train_loader, val_loader, tcfg, device=device,
                      run=run_dir, resume=resume, on_epoch=on_epoch, meta=meta)
 
         probs, labels = predict_proba(model, test_loader, device)
         summary = {
             "task": TASK,
             "dataset": bundle.name,
-            "model": cfg.model,
-            "dropout": cfg.dropout,
-            "dropout_kind": cfg.dropout_kind,
+            "model": cfg.model.name,
+            "dropout": cfg.model.dropout,
+            "dropout_kind": cfg.model.dropout_kind,
             "classes": bundle.classes,
             "num_classes": bundle.num_classes,
             "in_shape": list(bundle.in_shape),
@@ -303,10 +205,9 @@ def run(
             "run_dir": str(run_dir.path),
         }
         if rank == 0:
-            from droplab.plots import learning_curves
-
             learning_curves(run_dir.read_metrics(), run_dir / "learning_curves.png",
-                            title=f"{cfg.model} on {bundle.name}, dropout {cfg.dropout:g}")
+                            title=f"{cfg.model.name} on {bundle.name}, "
+                            f"dropout {cfg.model.dropout:g}")
             run_dir.write_summary(summary)
         return summary
     finally:
@@ -315,8 +216,6 @@ def run(
 
 
 def _nll(probs: Tensor, labels: Tensor) -> float:
-    from droplab.uncertainty import negative_log_likelihood
-
     return float(negative_log_likelihood(probs, labels))
 
 
@@ -341,13 +240,36 @@ def _convert(images: Tensor, in_shape: tuple[int, int, int]) -> Tensor:
 
 def _mc_probs(model: nn.Module, loader: Any, samples: int, seed: int) -> Tensor:
     """``(T, N, K)`` MC-dropout probabilities, batch by batch, reproducible by ``seed``."""
-    from droplab.uncertainty import mc_predict
-
     gen = torch.Generator().manual_seed(seed)
     out = []
     for x, _ in loader:
         out.append(mc_predict(model, x, samples=samples, reduce="none", generator=gen).float().cpu())
     return torch.cat(out, dim=1)
+
+
+@dataclass
+class EvaluateConfig(Config):
+    """Options of ``droplab evaluate`` (:func:`evaluate_run`)."""
+
+    run_dir: str = option("", positional=True, required=True, metavar="RUN",
+                          help="run folder of droplab train or droplab finetune")
+    mc: int = option(0, ge=0, metavar="T", help="also run T Monte-Carlo-dropout passes (e.g. 30)")
+    ood: str | None = option(None, metavar="DATASET",
+                             help="out-of-distribution set (e.g. fashion-mnist, "
+                             "imagefolder:PATH): AUROC")
+    data_root: str | None = option(None, metavar="DIR", help="dataset folder (default: the run's)")
+    batch_size: int = option(256, ge=1, help="evaluation batch size")
+    limit: int | None = option(None, ge=1, metavar="N", help="at most N test images per class")
+    seed: int = option(0, help="seed of the MC passes")
+    device: str = option("auto", parse=parse_device, metavar="DEVICE",
+                         help="auto, cpu, cuda[:N] or mps")
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """``droplab evaluate``: :func:`evaluate_run` with the command's options."""
+    return evaluate_run(cfg.run_dir, mc=cfg.mc, ood=cfg.ood, device=cfg.device,
+                        data_root=cfg.data_root, batch_size=cfg.batch_size, limit=cfg.limit,
+                        seed=cfg.seed)
 
 
 def evaluate_run(
@@ -372,26 +294,16 @@ def evaluate_run(
     (``T = mc`` or ``ood_samples``) and by ``1 - max softmax probability``. ``limit`` caps
     images per class of both sets (quick checks).
     """
-    from droplab import data as D
-    from droplab import plots
-    from droplab.uncertainty import (
-        brier_score,
-        expected_calibration_error,
-        mutual_information,
-        ood_auroc,
-        predictive_entropy,
-    )
-
     if int(mc) < 0:
         raise InvalidValue(f"--mc must be a number of passes >= 0, got {mc}")
     loaded = load_run(run_dir, device)
     device = resolve_device(device)
-    cfg = loaded.config
-    root = data_root if data_root is not None else cfg.get("data_root")
-    bundle = D.load_dataset(cfg["dataset"], root, cfg.get("classes"),
-                            image_size=cfg.get("image_size"), seed=cfg.get("seed", 0),
-                            download=cfg.get("download", True),
-                            limit=limit if limit is not None else cfg.get("limit"))
+    data = ClassifyDataConfig.from_section(loaded.config, "data")
+    root = data_root if data_root is not None else data.data_root
+    bundle = D.load_dataset(data.dataset, root, data.classes, image_size=data.image_size,
+                            seed=RunConfig.from_section(loaded.config, "run").seed,
+                            download=data.download,
+                            limit=limit if limit is not None else data.limit)
     kw = dict(batch_size=batch_size, shuffle=False, mean=loaded.mean, std=loaded.std, device=device)
     test_loader = D.Loader(bundle.test, None, **kw)
     model = loaded.model
@@ -421,7 +333,7 @@ def evaluate_run(
             "mc_mutual_information": float(mutual_information(mc_in).mean()),
         })
     if ood:
-        other = D.load_dataset(ood, root, None, seed=seed, download=cfg.get("download", True),
+        other = D.load_dataset(ood, root, None, seed=seed, download=data.download,
                                limit=limit)
         images = _convert(other.test.images, loaded.in_shape)
         ood_loader = D.Loader(D.ImageData(images, other.test.labels), None, **kw)
@@ -456,13 +368,6 @@ def evaluate_run(
 def _write_uncertainty(path: Path, mc_probs: Tensor, labels: Tensor) -> None:
     """``uncertainty.npz``: per test image MC predictive entropy, mutual information and
     whether the MC prediction is correct (atomic)."""
-    import io
-
-    import numpy as np
-
-    from droplab.runs import atomic_write_bytes
-    from droplab.uncertainty import mutual_information, predictive_entropy
-
     buf = io.BytesIO()
     np.savez(buf, mc_entropy=predictive_entropy(mc_probs).numpy(),
              mc_mutual_information=mutual_information(mc_probs).numpy(),
@@ -470,4 +375,5 @@ def _write_uncertainty(path: Path, mc_probs: Tensor, labels: Tensor) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["ClassifyConfig", "LoadedRun", "distributed_env", "evaluate_run", "load_run", "run"]
+__all__ = ["ClassifyConfig", "EvaluateConfig", "LoadedRun", "evaluate", "evaluate_run", "load_run",
+           "run"]

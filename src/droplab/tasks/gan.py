@@ -30,23 +30,23 @@ import copy
 import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from droplab.errors import InvalidValue, ResumeError, UserError, check_rate, unknown_name
+from droplab.config import Config, flatten, option, section
+from droplab.data import Loader, load_dataset
+from droplab.engine.config import DataConfig, RunConfig
+from droplab.engine.resume import open_run
+from droplab.errors import InvalidValue, UserError
+from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures, gan_scores
+from droplab.layers import KINDS, concrete_regularization
 from droplab.models import gan as nets
 from droplab.runs import RunDir, atomic_write_bytes
 from droplab.runtime import progress, resolve_device, seed_everything
-
-#: Config fields that may change when a run is resumed (they do not affect training).
-RESUMABLE_CHANGES = frozenset(
-    {"epochs", "out", "device", "eval_samples", "feature_extractor", "inception",
-     "classifier_epochs"}
-)
 
 
 class TrainingDiverged(UserError):
@@ -54,84 +54,106 @@ class TrainingDiverged(UserError):
 
 
 @dataclass
-class GanConfig:
+class GanModelConfig(Config):
+    """The two networks and the adversarial loss (Radford et al. 2016; Gulrajani et al. 2017;
+    Miyato et al. 2018)."""
+
+    model: str = option("dcgan", choices=nets.GAN_MODELS, what="GAN model", help="dcgan")
+    width: int = option(32, ge=1, help="base channel width")
+    z_dim: int = option(64, ge=1, help="latent size")
+    loss: str = option("ns", choices=nets.LOSSES, what="GAN loss",
+                       help="ns (non-saturating), hinge or wgan-gp")
+    n_critic: int | None = option(None, ge=1, help="discriminator steps per generator step "
+                                  "(default 5 for wgan-gp, else 1)")
+    gp_weight: float = option(10.0, ge=0, metavar="λ", help="WGAN-GP penalty weight")
+    spectral_norm: bool = option(False, help="spectral-normalise the discriminator "
+                                 "(Miyato et al. 2018)")
+
+
+@dataclass
+class GanDropoutConfig(Config):
+    """Dropout in the discriminator and pix2pix noise dropout in the generator."""
+
+    d_dropout: float = option(0.0, rate=True, metavar="P",
+                              help="discriminator dropout rate (drop probability)")
+    d_dropout_kind: str = option("dropout", choices=tuple(KINDS), what="dropout kind",
+                                 metavar="KIND", help=", ".join(KINDS))
+    d_dropout_where: str = option("hidden", choices=nets.WHERE,
+                                  what="discriminator dropout placement",
+                                  help="input, hidden (after every discriminator block) or all")
+    g_dropout: float = option(0.0, rate=True, metavar="P",
+                              help="pix2pix noise dropout in the generator (Isola et al. 2017)")
+    g_dropout_at_sampling: bool = option(False, help="keep the generator's noise dropout on "
+                                         "when sampling")
+
+
+@dataclass
+class GanTrainConfig(Config):
+    """Adam on both nets, the EMA generator and the divergence guard. ``--epochs`` may grow
+    on ``--resume`` (there is no LR schedule to stretch)."""
+
+    epochs: int = option(2, ge=1, runtime=True, help="training epochs")
+    batch_size: int = option(64, ge=2, help="batch size")
+    lr: float | None = option(None, gt=0, help="Adam learning rate (default 1e-4 for "
+                              "wgan-gp, else 2e-4)")
+    betas: tuple[float, float] | None = option(None, ge=0, lt=1, nargs=2, metavar=("B1", "B2"),
+                                               help="Adam betas (default 0 0.9 for wgan-gp, "
+                                               "else 0.5 0.999)")
+    ema: float = option(0.999, ge=0, lt=1, help="EMA decay of the sampled generator "
+                        "(0 disables it)")
+    max_loss: float = option(1e4, gt=0, help="stop when a loss exceeds this in magnitude")
+
+
+@dataclass
+class GanEvalConfig(Config):
+    """Scoring the samples at the end (every option here may change on ``--resume``)."""
+
+    eval_samples: int = option(1000, ge=0, runtime=True, metavar="N",
+                               help="generated (and real) images scored at the end "
+                               "(0 skips; else at least 10)")
+    feature_extractor: str | None = option(None, runtime=True, metavar="RUN",
+                                           help="a `droplab train` run whose features and "
+                                           "softmax score the samples (default: train one on "
+                                           "the fly into OUT/classifier)")
+    classifier_epochs: int = option(5, ge=1, runtime=True,
+                                    help="epochs of the on-the-fly classifier")
+    inception: bool = option(False, runtime=True, help="also FID/KID with Inception-v3 "
+                             "features (needs torch-fidelity weights)")
+    grid: int = option(64, ge=1, help="images in the sample grid")
+
+    def validate(self) -> None:
+        if 0 < self.eval_samples < 10:
+            raise InvalidValue(f"--eval-samples must be 0 or at least 10, got {self.eval_samples}")
+
+
+@dataclass
+class GanConfig(Config):
     """Everything a ``droplab gan`` run needs (written to ``config.json``).
 
-    ``n_critic``, ``lr`` and ``betas`` left at ``None`` take the loss's usual values:
-    WGAN-GP 5, 1e-4, (0.0, 0.9) (Gulrajani et al. 2017); ns/hinge 1, 2e-4, (0.5, 0.999)
-    (Radford et al. 2016).
+    ``n_critic``, ``lr`` and ``betas`` left at ``None`` take the loss's usual values
+    (:meth:`resolved`): WGAN-GP 5, 1e-4, (0.0, 0.9) (Gulrajani et al. 2017); ns/hinge 1,
+    2e-4, (0.5, 0.999) (Radford et al. 2016). ``image_size`` ``None`` keeps the dataset's
+    own size (digits: 8 px); ``limit`` is training images per class.
     """
 
-    dataset: str = "digits"
-    data_root: str | None = None
-    classes: list[str] | None = None
-    image_size: int | None = None  # None: the dataset's own size (digits: 8 px)
-    limit: int | None = None  # training images per class (quick runs and benchmarks)
-    model: str = "dcgan"
-    width: int = 32
-    z_dim: int = 64
-    loss: str = "ns"
-    n_critic: int | None = None
-    gp_weight: float = 10.0
-    spectral_norm: bool = False
-    d_dropout: float = 0.0
-    d_dropout_kind: str = "dropout"
-    d_dropout_where: str = "hidden"
-    g_dropout: float = 0.0
-    g_dropout_at_sampling: bool = False
-    epochs: int = 2
-    batch_size: int = 64
-    lr: float | None = None
-    betas: tuple[float, float] | None = None
-    ema: float = 0.999
-    eval_samples: int = 1000
-    feature_extractor: str | None = None
-    classifier_epochs: int = 5
-    inception: bool = False
-    grid: int = 64
-    max_loss: float = 1e4
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
+    data: DataConfig = section(DataConfig, title="data")
+    model: GanModelConfig = section(GanModelConfig, title="model and loss")
+    dropout: GanDropoutConfig = section(GanDropoutConfig, title="dropout")
+    train: GanTrainConfig = section(GanTrainConfig, title="training")
+    eval: GanEvalConfig = section(GanEvalConfig, title="evaluation")
+    run: RunConfig = section(RunConfig, title="run")
 
     def resolved(self) -> GanConfig:
-        """Validate and fill the loss-dependent defaults (returns a new config)."""
-        if self.model not in nets.GAN_MODELS:
-            raise unknown_name("GAN model", self.model, nets.GAN_MODELS)
-        if self.loss not in nets.LOSSES:
-            raise unknown_name("GAN loss", self.loss, nets.LOSSES)
-        if self.d_dropout_where not in nets.WHERE:
-            raise unknown_name("discriminator dropout placement", self.d_dropout_where, nets.WHERE)
-        from droplab.layers import KINDS
-
-        if self.d_dropout_kind not in KINDS:
-            raise unknown_name("dropout kind", self.d_dropout_kind, KINDS)
-        check_rate(self.d_dropout, "--d-dropout")
-        check_rate(self.g_dropout, "--g-dropout")
-        wgan = self.loss == "wgan-gp"
-        cfg = copy.deepcopy(self)
-        cfg.n_critic = self.n_critic if self.n_critic is not None else (5 if wgan else 1)
-        cfg.lr = self.lr if self.lr is not None else (1e-4 if wgan else 2e-4)
-        betas = self.betas if self.betas is not None else ((0.0, 0.9) if wgan else (0.5, 0.999))
-        cfg.betas = (float(betas[0]), float(betas[1]))
-        for name, value, ok in [
-            ("--epochs", cfg.epochs, cfg.epochs >= 1),
-            ("--batch-size", cfg.batch_size, cfg.batch_size >= 2),
-            ("--n-critic", cfg.n_critic, cfg.n_critic >= 1),
-            ("--z-dim", cfg.z_dim, cfg.z_dim >= 1),
-            ("--width", cfg.width, cfg.width >= 1),
-            ("--lr", cfg.lr, cfg.lr > 0),
-            ("--gp-weight", cfg.gp_weight, cfg.gp_weight >= 0),
-            ("--eval-samples", cfg.eval_samples, cfg.eval_samples == 0 or cfg.eval_samples >= 10),
-            ("--grid", cfg.grid, cfg.grid >= 1),
-        ]:
-            if not ok:
-                raise InvalidValue(f"{name} {value} is out of range; see droplab gan --help")
-        if not all(0.0 <= b < 1.0 for b in cfg.betas):
-            raise InvalidValue(f"--betas {cfg.betas} must both lie in [0, 1), e.g. 0.5 0.999")
-        if not 0.0 <= cfg.ema < 1.0:
-            raise InvalidValue(f"--ema {cfg.ema} must lie in [0, 1) (0 disables the EMA generator)")
-        return cfg
+        """The loss-dependent defaults filled in (returns a new config)."""
+        wgan = self.model.loss == "wgan-gp"
+        t = self.train
+        return self.updated({
+            "model.n_critic": self.model.n_critic if self.model.n_critic is not None
+            else (5 if wgan else 1),
+            "train.lr": t.lr if t.lr is not None else (1e-4 if wgan else 2e-4),
+            "train.betas": t.betas if t.betas is not None
+            else ((0.0, 0.9) if wgan else (0.5, 0.999)),
+        })
 
 
 # -- building blocks ---------------------------------------------------------------------------
@@ -139,7 +161,7 @@ class GanConfig:
 
 def build_nets(cfg: GanConfig, shape: tuple[int, int, int]) -> tuple[nets.Generator, nets.Discriminator]:
     """Generator and discriminator for images of ``shape`` (:func:`nets.build_gan`)."""
-    return nets.build_gan(shape, **nets.gan_options(asdict(cfg)))
+    return nets.build_gan(shape, **nets.gan_options(flatten(cfg.to_dict())))
 
 
 @torch.no_grad()
@@ -199,28 +221,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_resume(run: RunDir, cfg: GanConfig) -> None:
-    old = run.read_config()
-    if old.get("task") != "gan":
-        raise ResumeError(f"cannot resume {run.path}: it holds a {old.get('task')!r} run, not a GAN run")
-    new = asdict(cfg)
-    diff = sorted(
-        k for k in new
-        if k not in RESUMABLE_CHANGES and k in old
-        and _norm(old[k]) != _norm(new[k])
-    )
-    if diff:
-        raise ResumeError(
-            f"cannot resume {run.path}: {', '.join(diff)} differ from the stored config.json; "
-            "pass the same options (only --epochs, --eval-samples, --feature-extractor, "
-            "--device may change)"
-        )
-
-
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
 def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> Any:
     """Train a small classifier on the GAN's dataset into ``<out>/classifier`` (reused when
     it is already there, e.g. on ``--resume``) and return its feature extractor."""
@@ -229,9 +229,10 @@ def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> Any:
 
     out = run / "classifier"
     if not (out / "summary.json").exists():
-        ccfg = classify.ClassifyConfig(
-            dataset=cfg.dataset, data_root=cfg.data_root, classes=cfg.classes,
-            limit=cfg.limit, epochs=cfg.classifier_epochs, seed=cfg.seed, device=cfg.device,
+        d = cfg.data
+        ccfg = classify.ClassifyConfig.build(
+            dataset=d.dataset, data_root=d.data_root, classes=d.classes, limit=d.limit,
+            epochs=cfg.eval.classifier_epochs, seed=cfg.run.seed, device=cfg.run.device,
             out=str(out),
         )
         classify.run(ccfg, resume=(out / "config.json").exists())
@@ -243,42 +244,37 @@ def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> Any:
 
 def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) a GAN run and score it; returns the summary (also summary.json)."""
-    from droplab.data import Loader, load_dataset
-
     cfg = cfg.resolved()
-    device = resolve_device(cfg.device)
+    m, t, ev, seed = cfg.model, cfg.train, cfg.eval, cfg.run.seed
+    device = resolve_device(cfg.run.device)
     inception = extractor = None
-    if cfg.eval_samples:  # fail fast, before any training
-        from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures
-
-        if cfg.feature_extractor:
-            extractor = ClassifierFeatures.from_run(cfg.feature_extractor, device)
-        if cfg.inception:
+    if ev.eval_samples:  # fail fast, before any training
+        if ev.feature_extractor:
+            extractor = ClassifierFeatures.from_run(ev.feature_extractor, device)
+        if ev.inception:
             inception = InceptionFeatures(device)
-    bundle = load_dataset(cfg.dataset, cfg.data_root, cfg.classes, image_size=cfg.image_size,
-                          seed=cfg.seed, limit=cfg.limit)
+    d_cfg = cfg.data
+    bundle = load_dataset(d_cfg.dataset, d_cfg.data_root, d_cfg.classes,
+                          image_size=d_cfg.image_size, seed=seed, limit=d_cfg.limit,
+                          download=d_cfg.download)
     train = bundle.train
     shape = tuple(train.images.shape[1:])
-    if len(train.labels) < cfg.batch_size:
+    if len(train.labels) < t.batch_size:
         raise InvalidValue(
-            f"{len(train.labels)} training images is fewer than --batch-size {cfg.batch_size}; "
+            f"{len(train.labels)} training images is fewer than --batch-size {t.batch_size}; "
             "lower --batch-size or raise --limit"
         )
 
-    seed_everything(cfg.seed)
+    seed_everything(seed)
     g, d = build_nets(cfg, shape)  # type: ignore[arg-type]  (validates the nets' options)
-    run_dir = RunDir.create(cfg.out, "gan", resume=resume)
-    if resume:
-        _check_resume(run_dir, cfg)
-    cfg.out = str(run_dir.path)
-    run_dir.write_config(cfg, task="gan")
+    run_dir = open_run(cfg, "gan", resume=resume)
     g_ema = copy.deepcopy(g).requires_grad_(False)
     g, d, g_ema = g.to(device), d.to(device), g_ema.to(device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=cfg.betas)  # type: ignore[arg-type]
-    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=cfg.betas)  # type: ignore[arg-type]
-    zgen = torch.Generator().manual_seed(cfg.seed + 1)
-    loader = Loader(train, batch_size=cfg.batch_size, shuffle=True, mean=(0.5,) * shape[0],
-                    std=(0.5,) * shape[0], device=device, seed=cfg.seed, drop_last=True)
+    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=t.betas)  # type: ignore[arg-type]
+    opt_d = torch.optim.Adam(d.parameters(), lr=t.lr, betas=t.betas)  # type: ignore[arg-type]
+    zgen = torch.Generator().manual_seed(seed + 1)
+    loader = Loader(train, batch_size=t.batch_size, shuffle=True, mean=(0.5,) * shape[0],
+                    std=(0.5,) * shape[0], device=device, seed=seed, drop_last=True)
     start_epoch, step, g_steps = 0, 0, 0
     ckpt = run_dir.load_checkpoint(map_location=device) if resume else None
     if ckpt is not None:
@@ -293,20 +289,20 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
         run_dir.truncate_metrics(lambda r: r.get("epoch", 0) <= start_epoch)
     elif resume:
         run_dir.truncate_metrics(lambda r: False)
-    concrete = cfg.d_dropout > 0 and cfg.d_dropout_kind == "concrete"
+    concrete = cfg.dropout.d_dropout > 0 and cfg.dropout.d_dropout_kind == "concrete"
 
     t_start = time.perf_counter()
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    for epoch in range(start_epoch + 1, t.epochs + 1):
         g.train()
         d.train()
         loader.set_epoch(epoch)
         sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake", "gp"), 0.0)
         n_d = n_g = 0
         t0 = time.perf_counter()
-        for real, _ in progress(loader, desc=f"gan epoch {epoch}/{cfg.epochs}", total=len(loader)):
+        for real, _ in progress(loader, desc=f"gan epoch {epoch}/{t.epochs}", total=len(loader)):
             b = real.shape[0]
-            g_step = (step + 1) % cfg.n_critic == 0
-            z = torch.randn(b, cfg.z_dim, generator=zgen).to(device)
+            g_step = (step + 1) % m.n_critic == 0
+            z = torch.randn(b, m.z_dim, generator=zgen).to(device)
             if g_step:
                 fake = g(z)
             else:
@@ -314,19 +310,17 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
                     fake = g(z)
             # discriminator / critic step
             d_real, d_fake = d(real), d(fake.detach())
-            d_loss = nets.discriminator_loss(cfg.loss, d_real, d_fake)
+            d_loss = nets.discriminator_loss(m.loss, d_real, d_fake)
             gp = (nets.gradient_penalty(d, real, fake, generator=zgen)
-                  if cfg.loss == "wgan-gp" else torch.zeros((), device=device))
-            total = d_loss + cfg.gp_weight * gp
+                  if m.loss == "wgan-gp" else torch.zeros((), device=device))
+            total = d_loss + m.gp_weight * gp
             if concrete:
-                from droplab.layers import concrete_regularization
-
                 total = total + concrete_regularization(d) / len(train.labels)
             _guard("d_loss", float(total.detach()), cfg, epoch, step, run_dir)
             opt_d.zero_grad(set_to_none=True)
             total.backward()
             opt_d.step()
-            if cfg.loss == "ns":
+            if m.loss == "ns":
                 sums["d_real"] += float(torch.sigmoid(d_real.detach()).mean())
                 sums["d_fake"] += float(torch.sigmoid(d_fake.detach()).mean())
             else:
@@ -337,13 +331,13 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
             n_d += 1
             # generator step
             if g_step:
-                g_loss = nets.generator_loss(cfg.loss, d(fake))
+                g_loss = nets.generator_loss(m.loss, d(fake))
                 _guard("g_loss", float(g_loss.detach()), cfg, epoch, step, run_dir)
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()
                 g_steps += 1
-                ema_update(g_ema, g, min(cfg.ema, (1 + g_steps) / (10 + g_steps)))
+                ema_update(g_ema, g, min(t.ema, (1 + g_steps) / (10 + g_steps)))
                 sums["g_loss"] += float(g_loss.detach())
                 n_g += 1
             step += 1
@@ -353,10 +347,10 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
             "step": step,
             **{k: v / max(n_g if k == "g_loss" else n_d, 1) for k, v in sums.items()},
             "time_s": dt,
-            "images_per_s": n_d * cfg.batch_size / max(dt, 1e-9),
+            "images_per_s": n_d * t.batch_size / max(dt, 1e-9),
         }
-        grid_g = g_ema if cfg.ema > 0 else g
-        save_grid(sample(grid_g, cfg.grid, seed=cfg.seed + 2, device=device),
+        grid_g = g_ema if t.ema > 0 else g
+        save_grid(sample(grid_g, ev.grid, seed=seed + 2, device=device),
                   [run_dir / f"samples_epoch_{epoch:03d}.png", run_dir / "samples.png"])
         run_dir.log(record)
         run_dir.save_checkpoint({
@@ -364,7 +358,7 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
             "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "zgen": zgen.get_state(), "rng": _rng_state(device),
-            "config": asdict(cfg), "shape": shape,
+            "config": flatten(cfg.to_dict()), "shape": shape,
         })
     train_time = time.perf_counter() - t_start
 
@@ -374,22 +368,22 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
         "task": "gan",
         "dataset": bundle.name,
         "image_shape": list(shape),
-        "loss": cfg.loss,
-        "d_dropout": cfg.d_dropout,
-        "d_dropout_kind": cfg.d_dropout_kind,
-        "d_dropout_where": cfg.d_dropout_where,
-        "g_dropout": cfg.g_dropout,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
+        "loss": m.loss,
+        "d_dropout": cfg.dropout.d_dropout,
+        "d_dropout_kind": cfg.dropout.d_dropout_kind,
+        "d_dropout_where": cfg.dropout.d_dropout_where,
+        "g_dropout": cfg.dropout.g_dropout,
+        "epochs": t.epochs,
+        "seed": seed,
         "d_loss": last.get("d_loss"),
         "g_loss": last.get("g_loss"),
         "train_time_s": train_time,
     }
-    if cfg.eval_samples:
+    if ev.eval_samples:
         t_eval = time.perf_counter()
         if extractor is None:
             extractor = _train_classifier(cfg, run_dir, device)
-        summary.update(evaluate_run(cfg, g_ema if cfg.ema > 0 else g, train, extractor, inception))
+        summary.update(evaluate_run(cfg, g_ema if t.ema > 0 else g, train, extractor, inception))
         summary["eval_time_s"] = time.perf_counter() - t_eval
     summary.update({
         "samples": str(run_dir / "samples.png"),
@@ -408,20 +402,19 @@ def evaluate_run(
     inception: Any = None,
 ) -> dict[str, Any]:
     """Score ``eval_samples`` generated images against as many training images."""
-    from droplab.evaluate.gan import gan_scores
-
-    n_real = min(cfg.eval_samples, len(train.labels))
-    pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(cfg.seed + 3))
+    n, seed = cfg.eval.eval_samples, cfg.run.seed
+    n_real = min(n, len(train.labels))
+    pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed + 3))
     real = train.images[pick[:n_real]]
-    fake = sample(g, cfg.eval_samples, seed=cfg.seed + 4, device=next(g.parameters()).device)
-    scores = gan_scores(real, fake, extractor, seed=cfg.seed, inception=inception)
-    source = cfg.feature_extractor or str(Path(cfg.out or ".") / "classifier")
+    fake = sample(g, n, seed=seed + 4, device=next(g.parameters()).device)
+    scores = gan_scores(real, fake, extractor, seed=seed, inception=inception)
+    source = cfg.eval.feature_extractor or str(Path(cfg.run.out or ".") / "classifier")
     clf_summary = _read_summary(source)
     return {
         **scores,
         "feature_extractor": source,
         "classifier_test_acc": clf_summary.get("test_acc") if clf_summary else None,
-        "generator": "ema" if cfg.ema > 0 else "last",
+        "generator": "ema" if cfg.train.ema > 0 else "last",
     }
 
 
@@ -434,13 +427,14 @@ def _read_summary(path: str) -> dict[str, Any] | None:
 
 def _guard(name: str, value: float, cfg: GanConfig, epoch: int, step: int, run_dir: RunDir) -> None:
     """Stop with a one-line :class:`TrainingDiverged` on a NaN/inf or exploding loss."""
-    if nets.is_bad_loss(value, cfg.max_loss):
+    limit = cfg.train.max_loss
+    if nets.is_bad_loss(value, limit):
         kept = (
             f"the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir.path}"
             if epoch - 1 > 0 and run_dir.checkpoint_path.exists()
             else "no checkpoint had been written yet"
         )
-        what = "is not finite" if not math.isfinite(value) else f"exceeds --max-loss {cfg.max_loss:g}"
+        what = "is not finite" if not math.isfinite(value) else f"exceeds --max-loss {limit:g}"
         raise TrainingDiverged(
             f"GAN training diverged at epoch {epoch}, step {step + 1}: {name}={value:.4g} {what}; "
             f"{kept}; lower --lr, try --loss hinge or --spectral-norm"

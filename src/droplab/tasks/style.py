@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from droplab.config import Config, option, section
+from droplab.engine.config import RunConfig
+from droplab.engine.resume import open_run
 from droplab.errors import (
     DataNotFound,
     ImageReadError,
     InvalidValue,
-    ResumeError,
     UserError,
-    check_rate,
-    unknown_name,
 )
 from droplab.imageio import (
     is_image_path,
@@ -142,56 +142,68 @@ def match_histograms(source: torch.Tensor, reference: torch.Tensor) -> torch.Ten
 
 
 @dataclass
-class StylizeConfig:
+class EncoderConfig(Config):
+    """The loss network (:func:`droplab.models.style.build_encoder`)."""
+
+    encoder: str = option("auto", choices=ENCODERS, what="encoder",
+                          help="auto (vgg19 when its ImageNet weights can be had, else the "
+                          "random-weight encoder), vgg19 or random")
+    encoder_weights: str | None = option(None, runtime=True, metavar="PATH",
+                                         help="a torchvision vgg19 state-dict file (else the "
+                                         "torch hub cache)")
+    n_random: int = option(1, ge=1, help="random encoders in the ensemble")
+    softmax: float | None = option(None, gt=0, metavar="T",
+                                   help="SWAG softmax smoothing of activations at temperature "
+                                   "T (Wang et al. 2021; default off)")
+
+
+@dataclass
+class LossWeights(Config):
+    """Weights of the content, style (Gram) and total-variation losses."""
+
+    content_weight: float = option(1.0, ge=0, metavar="W", help="content loss weight")
+    style_weight: float = option(10.0, ge=0, metavar="W", help="style loss weight")
+    tv_weight: float = option(5.0, ge=0, metavar="W", help="total-variation loss weight")
+
+
+@dataclass
+class StylizeConfig(Config):
     """Options of ``droplab stylize`` (Gatys et al. 2016)."""
 
-    content: str = "astronaut"
-    styles: list[str] = field(default_factory=lambda: ["coffee"])
-    size: int = 256
-    style_scale: float = 1.0
-    content_weight: float = 1.0
-    style_weight: float = 10.0
-    tv_weight: float = 5.0
-    optimizer: str = "adam"
-    lr: float | None = None
-    steps: int = 300
-    init: str = "content"
-    pyramid: int = 1
-    preserve_color: str = "none"
-    encoder: str = "auto"
-    encoder_weights: str | None = None
-    n_random: int = 1
-    softmax: float | None = None
-    save_every: int = 0
-    evaluate: bool = True
-    max_pixels: int = 4096 * 4096
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
+    content: str = option("", required=True, metavar="IMG",
+                          help="content image: a path or a scikit-image sample name "
+                          "(astronaut, coffee, chelsea, …)")
+    styles: list[str] = option(factory=list, flag="--style", nargs="+", required=True,
+                               metavar="IMG[:WEIGHT]",
+                               help="one or more style images, optionally weighted (mixed by "
+                               "weight)")
+    size: int = option(256, ge=16, help="longer side of the output")
+    style_scale: float = option(1.0, gt=0, metavar="S",
+                                help="style image size relative to --size")
+    steps: int = option(300, ge=1, help="iterations per pyramid level")
+    optimizer: str = option("adam", choices=OPTIMIZERS, help="adam or lbfgs")
+    lr: float | None = option(None, gt=0, help="step size (default lbfgs 1, adam 0.02)")
+    init: str = option("content", choices=INITS, help="start from the content image or noise")
+    pyramid: int = option(1, ge=1, metavar="LEVELS",
+                          help="coarse-to-fine levels, each half the size of the next")
+    preserve_color: str = option("none", choices=COLOR_MODES, what="colour mode",
+                                 help="none, luminance or histogram (Gatys et al. 2016b)")
+    save_every: int = option(0, ge=0, metavar="N",
+                             help="also save the image every N steps of the last level")
+    evaluate: bool = option(True, flag="--eval",
+                            help="score the result with a held-out encoder")
+    max_pixels: int = option(4096 * 4096, ge=1, metavar="N",
+                             help="larger inputs are downscaled first (default 4096²)")
+    loss: LossWeights = section(LossWeights, title="loss weights")
+    encoder: EncoderConfig = section(EncoderConfig, title="encoder")
+    run: RunConfig = section(RunConfig, title="run", help={
+        "out": "--out x.png writes the image there; --out DIR makes a run folder with "
+               "stylized.png, metrics.jsonl and summary.json (default a new run folder)"})
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
-        if self.init not in INITS:
-            raise unknown_name("init", self.init, INITS)
-        if self.preserve_color not in COLOR_MODES:
-            raise unknown_name("colour mode", self.preserve_color, COLOR_MODES)
-        if self.encoder not in ENCODERS:
-            raise unknown_name("encoder", self.encoder, ENCODERS)
-        for name in ("size", "steps", "pyramid", "n_random"):
-            if getattr(self, name) < 1:
-                raise InvalidValue(f"--{name.replace('_', '-')} must be at least 1")
-        if self.size < 16:
-            raise InvalidValue(f"--size {self.size} is too small; use at least 16 pixels")
         if self.size >> (self.pyramid - 1) < 16:
             raise InvalidValue(f"--pyramid {self.pyramid} makes the coarsest level smaller "
                                f"than 16 px at --size {self.size}; use fewer levels")
-        for name in ("content_weight", "style_weight", "tv_weight", "style_scale"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise InvalidValue(f"--{name.replace('_', '-')} must be ≥ 0, got {v}")
-        if self.save_every < 0:
-            raise InvalidValue("--save-every must be ≥ 0 (0: off)")
         parse_styles(self.styles)
 
 
@@ -370,10 +382,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run ``droplab stylize``; returns the summary (also written as JSON in a run folder)."""
     from droplab.evaluate.style import StyleEvaluator
 
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    gen = seed_everything(cfg.seed)
-    image_path, folder = _output_paths(cfg.out)
+    device = resolve_device(cfg.run.device)
+    gen = seed_everything(cfg.run.seed)
+    image_path, folder = _output_paths(cfg.run.out)
     style_specs = parse_styles(cfg.styles)
     content_full = read_image(cfg.content, cfg.size, max_pixels=cfg.max_pixels).to(device)
     style_imgs = [read_image(p, None, max_pixels=cfg.max_pixels).to(device)
@@ -381,8 +392,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     style_imgs = [_resize(s, _fit(s.shape[-2:], round(cfg.size * cfg.style_scale)))
                   for s in style_imgs]
     weights = [w for _, w in style_specs]
-    encoder, reason = build_encoder(cfg.encoder, weights=cfg.encoder_weights, seed=cfg.seed,
-                                    softmax=cfg.softmax, n_random=cfg.n_random)
+    encoder, reason = _encoder(cfg.encoder, cfg.run.seed)
     encoder = encoder.to(device)
 
     # colour preservation: what is optimised, and how the result is put back together
@@ -431,8 +441,8 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     x, history = optimize_image(
         encoder, content_opt, styles_opt, weights,
-        content_weight=cfg.content_weight, style_weight=cfg.style_weight,
-        tv_weight=cfg.tv_weight, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
+        content_weight=cfg.loss.content_weight, style_weight=cfg.loss.style_weight,
+        tv_weight=cfg.loss.tv_weight, optimizer=cfg.optimizer, lr=cfg.lr, steps=cfg.steps,
         init=cfg.init, pyramid=cfg.pyramid, style_scale=1.0, generator=gen, on_step=on_step,
     )
     wall = time.perf_counter() - t0
@@ -461,7 +471,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         "saved": saved,
     }
     if cfg.evaluate:
-        ev = StyleEvaluator(optimised=encoder.name, seed=cfg.seed, device=device)
+        ev = StyleEvaluator(optimised=encoder.name, seed=cfg.run.seed, device=device)
         summary["eval"] = ev.evaluate(result, content_full, style_imgs, weights)
         summary["eval_content_image"] = ev.evaluate(content_full, content_full, style_imgs, weights)
     if run is not None:
@@ -482,50 +492,43 @@ def _fit(hw: Sequence[int], long_side: int) -> tuple[int, int]:
 
 
 @dataclass
-class StyleTrainConfig:
-    """Options of ``droplab style-train``."""
+class StyleNetConfig(Config):
+    """The transformer network (:class:`~droplab.models.style.TransformerNet`)."""
 
-    style: list[str] = field(default_factory=lambda: ["coffee"])
-    content_dir: str = ""
-    image_size: int = 256
-    style_size: int | None = None
-    batch_size: int = 4
-    steps: int = 2000
-    lr: float = 1e-3
-    content_weight: float = 1.0
-    style_weight: float = 5.0
-    tv_weight: float = 1.0
-    width: int = 32
-    n_residual: int = 5
-    dropout: float = 0.0
-    dropout_where: str = "residual"
-    encoder: str = "auto"
-    encoder_weights: str | None = None
-    n_random: int = 1
-    softmax: float | None = None
-    max_images: int | None = None
-    checkpoint_every: int = 100
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
+    width: int = option(32, ge=1, help="channels of the first layer")
+    n_residual: int = option(5, ge=0, help="residual blocks")
+    dropout: float = option(0.0, rate=True, metavar="P",
+                            help="spatial dropout rate p (drop probability)")
+    dropout_where: str = option("residual", choices=DROPOUT_PLACES, what="dropout placement",
+                                help="residual, decoder or all")
+
+
+@dataclass
+class StyleTrainConfig(Config):
+    """Options of ``droplab style-train`` (Johnson et al. 2016). ``--steps`` may grow on
+    ``--resume``; so may the logging and checkpoint cadence and the content folder's path."""
+
+    style: list[str] = option(factory=list, nargs="+", required=True, metavar="IMG[:WEIGHT]",
+                              help="one or more style images, optionally weighted")
+    content_dir: str = option("", required=True, runtime=True, metavar="DIR",
+                              help="a folder of content images")
+    image_size: int = option(256, ge=16, help="training crop size")
+    style_size: int | None = option(None, ge=1, help="style image size (default: the crop size)")
+    batch_size: int = option(4, ge=1, help="batch size")
+    steps: int = option(2000, ge=1, runtime=True, help="optimiser steps")
+    lr: float = option(1e-3, gt=0, help="Adam learning rate")
+    max_images: int | None = option(None, ge=1, metavar="N", help="use the first N images only")
+    checkpoint_every: int = option(100, ge=1, runtime=True, metavar="STEPS",
+                                   help="checkpoint every STEPS steps")
+    log_every: int = option(10, ge=1, runtime=True, metavar="STEPS",
+                            help="one metrics.jsonl record per STEPS steps")
+    net: StyleNetConfig = section(StyleNetConfig, title="network")
+    loss: LossWeights = section(lambda: LossWeights(style_weight=5.0, tv_weight=1.0),
+                                title="loss weights")
+    encoder: EncoderConfig = section(EncoderConfig, title="encoder")
+    run: RunConfig = section(RunConfig, title="run")
 
     def validate(self) -> None:
-        check_rate(self.dropout, "--dropout")
-        if self.dropout_where not in DROPOUT_PLACES:
-            raise unknown_name("dropout placement", self.dropout_where, DROPOUT_PLACES)
-        if self.encoder not in ENCODERS:
-            raise unknown_name("encoder", self.encoder, ENCODERS)
-        for name in ("image_size", "batch_size", "steps", "width", "checkpoint_every",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise InvalidValue(f"--{name.replace('_', '-')} must be at least 1")
-        if self.image_size < 16:
-            raise InvalidValue("--image-size must be at least 16 pixels")
-        if not self.lr > 0:
-            raise InvalidValue(f"--lr must be positive, got {self.lr}")
-        if not self.content_dir:
-            raise InvalidValue("--content-dir DIR is required (a folder of content images)")
         parse_styles(self.style)
 
 
@@ -567,33 +570,26 @@ def load_content_folder(folder: str | Path, size: int, max_images: int | None = 
 
 
 def _net_from_config(cfg: StyleTrainConfig) -> TransformerNet:
-    return TransformerNet(cfg.width, cfg.n_residual, cfg.dropout, cfg.dropout_where)
+    n = cfg.net
+    return TransformerNet(n.width, n.n_residual, n.dropout, n.dropout_where)
 
 
-_RESUME_KEYS = ("style", "image_size", "batch_size", "width", "n_residual", "dropout",
-                "dropout_where", "encoder", "n_random", "softmax", "seed", "lr",
-                "content_weight", "style_weight", "tv_weight")
+def _encoder(cfg: EncoderConfig, seed: int) -> tuple[Encoder, str]:
+    return build_encoder(cfg.encoder, weights=cfg.encoder_weights, seed=seed,
+                         softmax=cfg.softmax, n_random=cfg.n_random)
 
 
 def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train a feed-forward style network; checkpoints every ``checkpoint_every`` steps."""
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    run = RunDir.create(cfg.out, "style-train", resume=resume)
-    if resume:
-        old = run.read_config()
-        diff = [k for k in _RESUME_KEYS if k in old and old[k] != asdict(cfg)[k]]
-        if diff:
-            raise ResumeError(f"cannot resume {run.path}: {', '.join(diff)} differ from the "
-                              "saved run; use the same options or a new --out")
-    gen = seed_everything(cfg.seed)
+    device = resolve_device(cfg.run.device)
+    run = open_run(cfg, "style-train", resume=resume)
+    gen = seed_everything(cfg.run.seed)
     data = load_content_folder(cfg.content_dir, cfg.image_size, cfg.max_images)
     specs = parse_styles(cfg.style)
     style_size = cfg.style_size or cfg.image_size
     styles = [read_image(p, style_size).to(device) for p, _ in specs]
     weights = [w for _, w in specs]
-    encoder, reason = build_encoder(cfg.encoder, weights=cfg.encoder_weights, seed=cfg.seed,
-                                    softmax=cfg.softmax, n_random=cfg.n_random)
+    encoder, reason = _encoder(cfg.encoder, cfg.run.seed)
     encoder = encoder.to(device)
     grams = style_targets(encoder, styles, weights)
     net = _net_from_config(cfg).to(device)
@@ -608,8 +604,6 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
             torch.set_rng_state(state["torch_rng"])
             start = int(state["step"])
             run.truncate_metrics(lambda r: r.get("step", 0) <= start)
-    if not resume:
-        run.write_config(cfg, task="style-train")
 
     def checkpoint(step: int) -> None:
         run.save_checkpoint({
@@ -638,7 +632,7 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
                           encoder.content_layers).mean()
         ls = style_loss(feats, grams, encoder.style_layers).mean()
         lt = tv_loss(y).mean()
-        loss = cfg.content_weight * lc + cfg.style_weight * ls + cfg.tv_weight * lt
+        loss = cfg.loss.content_weight * lc + cfg.loss.style_weight * ls + cfg.loss.tv_weight * lt
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -671,8 +665,8 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
         "images": n,
         "encoder": encoder.describe(),
         "encoder_reason": reason,
-        "dropout": cfg.dropout,
-        "dropout_where": cfg.dropout_where,
+        "dropout": cfg.net.dropout,
+        "dropout_where": cfg.net.dropout_where,
         "final_loss": last[-1]["train_loss"] if last else None,
         "final_style_loss": last[-1]["train_style"] if last else None,
         "first_style_loss": last[0]["train_style"] if last else None,
@@ -703,24 +697,23 @@ def mc_mode(net: torch.nn.Module, on: bool = True) -> None:
 
 
 @dataclass
-class StyleApplyConfig:
+class StyleApplyConfig(Config):
     """Options of ``droplab style-apply``."""
 
-    model: str = ""
-    inputs: list[str] = field(default_factory=list)
-    size: int | None = None
-    samples: int = 1
-    onnx: str | None = None
-    max_pixels: int = 4096 * 4096
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None
+    model: str = option("", positional=True, required=True, metavar="MODEL",
+                        help="a style-train run folder or its checkpoint.pt")
+    inputs: list[str] = option(factory=list, positional=True, nargs="*", metavar="IMG|DIR",
+                               help="image files or folders to stylise")
+    size: int | None = option(None, ge=16, help="resize so the longer side is this")
+    samples: int = option(1, ge=1, metavar="K",
+                          help="K > 1 keeps dropout on and writes K variations per image")
+    onnx: str | None = option(None, metavar="PATH", help="also export the network to ONNX")
+    max_pixels: int = option(4096 * 4096, ge=1, metavar="N",
+                             help="larger inputs are downscaled first (default 4096²)")
+    run: RunConfig = section(RunConfig, title="run", help={
+        "out": "folder for the stylised images (default runs/style-apply-<timestamp>)"})
 
     def validate(self) -> None:
-        if self.samples < 1:
-            raise InvalidValue("--samples must be at least 1")
-        if self.size is not None and self.size < 16:
-            raise InvalidValue("--size must be at least 16 pixels")
         if not self.inputs and not self.onnx:
             raise InvalidValue("give images or folders to stylise (or --onnx PATH to export)")
 
@@ -731,9 +724,8 @@ def run_style_apply(cfg: StyleApplyConfig) -> dict[str, Any]:
     from droplab.models.style import export_onnx
     from droplab.runs import default_run_dir
 
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
     net, _ = load_transformer(cfg.model, device)
     has_dropout = net.config.get("dropout", 0) > 0
     if cfg.samples > 1 and not has_dropout:
@@ -748,7 +740,7 @@ def run_style_apply(cfg: StyleApplyConfig) -> dict[str, Any]:
     if not cfg.inputs:
         return summary
     paths = list_images(cfg.inputs)
-    out = Path(cfg.out) if cfg.out else default_run_dir("style-apply")
+    out = Path(cfg.run.out) if cfg.run.out else default_run_dir("style-apply")
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     divs, t_total = [], 0.0

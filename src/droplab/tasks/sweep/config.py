@@ -65,7 +65,7 @@ class SweepConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        self.space.validate(getattr(self.base, "model", None))
+        self.space.validate(self.base.model.name)
         if self.objective not in OBJECTIVES:
             raise unknown_name("objective", self.objective, OBJECTIVES)
         if self.sampler not in SAMPLERS:
@@ -102,8 +102,10 @@ class SweepConfig:
     def space_record(self) -> dict[str, Any]:
         """What must agree between the study and every worker joining it."""
         base = to_jsonable(self.base)
-        for k in ("out", "device", *SETTING_FIELDS):
-            base.pop(k, None)
+        for k in ("out", "device"):
+            base["run"].pop(k, None)
+        for k in SETTING_FIELDS:
+            base["model"].pop(k, None)
         return {"space": self.space.grid(), "folds": int(self.folds), "objective": self.objective,
                 "sampler": self.sampler, "n_trials": self.target_trials,
                 "attack": [self.attack, float(self.eps), int(self.attack_steps),

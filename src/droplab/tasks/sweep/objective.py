@@ -12,7 +12,6 @@ comparison between rates less noisy) and a retried trial reproduces the lost one
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import time
 from typing import Any
@@ -38,13 +37,14 @@ class Surplus(Exception):
 
 def setting_config(base: Any, params: dict[str, Any]) -> Any:
     """The base classify config with one setting applied."""
-    return dataclasses.replace(base, dropout=float(params["rate"]), dropout_kind=params["kind"],
-                               dropout_where=params["where"])
+    return base.updated({"model.dropout": float(params["rate"]), "model.dropout_kind": params["kind"],
+                         "model.dropout_where": params["where"]})
 
 
 def load_bundle(base: Any) -> D.DatasetBundle:
-    return D.load_dataset(base.dataset, base.data_root, base.classes, image_size=base.image_size,
-                          seed=int(base.seed), download=base.download, limit=base.limit)
+    d = base.data
+    return D.load_dataset(d.dataset, d.data_root, d.classes, image_size=d.image_size,
+                          seed=int(base.run.seed), download=d.download, limit=d.limit)
 
 
 class Prepared:
@@ -53,9 +53,9 @@ class Prepared:
     def __init__(self, cfg: SweepConfig) -> None:
         b = cfg.base
         self.cfg = cfg
-        self.device = resolve_device(getattr(b, "device", "auto"))
+        self.device = resolve_device(b.run.device)
         self.bundle = load_bundle(b)
-        self.folds = D.kfold_splits(self.bundle.train.labels, int(cfg.folds), seed=int(b.seed))
+        self.folds = D.kfold_splits(self.bundle.train.labels, int(cfg.folds), seed=int(b.run.seed))
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -85,7 +85,7 @@ def train_and_score(
     common = {"mean": bundle.mean, "std": bundle.std, "device": device}
     n_fit = len(train_idx) if train_idx is not None else len(bundle.train.labels)
     train_loader = D.Loader(bundle.train, train_idx, batch_size=tcfg.batch_size, shuffle=True,
-                            augment=scfg.resolved_augment(bundle.name, bundle.in_shape[0]),
+                            augment=scfg.data.resolved_augment(bundle.in_shape[0]),
                             seed=seed, drop_last=n_fit % tcfg.batch_size == 1,  # BatchNorm
                             **common)
     fit(model, train_loader, None, tcfg, device=device)
@@ -109,7 +109,7 @@ def train_and_score(
 
 def refit_and_test(prep: Prepared, params: dict[str, Any]) -> dict[str, float]:
     """Refit one setting on the whole training split and score it once on the test split."""
-    m = train_and_score(prep, params, None, prep.bundle.test, None, fold_seed(prep.cfg.base.seed, -1))
+    m = train_and_score(prep, params, None, prep.bundle.test, None, fold_seed(prep.cfg.base.run.seed, -1))
     return {"test_acc": m["acc"], "test_nll": m["nll"], "test_ece": m["ece"],
             "test_robust_acc": m["robust_acc"], "train_acc": m["train_acc"], "time_s": m["time_s"]}
 
@@ -147,7 +147,7 @@ class Objective:
         folds: list[dict[str, float]] = []
         for i, (tr, va) in enumerate(self.prep.folds):
             m = train_and_score(self.prep, params, tr, self.prep.bundle.train, va,
-                                fold_seed(cfg.base.seed, i))
+                                fold_seed(cfg.base.run.seed, i))
             folds.append(m)
             trial.set_user_attr("folds", folds)
             trial.report(m[metric], i)

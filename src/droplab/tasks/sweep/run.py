@@ -44,8 +44,8 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     t_start = time.perf_counter()
     if cfg.join:
         return _join(cfg)
-    run_dir = RunDir.create(cfg.base.out, TASK, resume=resume)
-    cfg.base.out = str(run_dir.path)
+    run_dir = RunDir.create(cfg.base.run.out, TASK, resume=resume)
+    cfg.base.run.out = str(run_dir.path)
     if resume:
         stored = run_dir.read_config()
         if stored.get("task") != TASK:

@@ -160,7 +160,7 @@ def make_storage(url: str, cfg: SweepConfig) -> Any:
 
 def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
     """Seeded: the grid in a fixed shuffled order, or TPE (Bergstra et al. 2011)."""
-    seed = int(cfg.base.seed)
+    seed = int(cfg.base.run.seed)
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(cfg.space.grid(), seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, cfg.target_trials))

@@ -1,0 +1,87 @@
+"""The one resume rule, shared by every command that writes a run folder.
+
+- A new run creates its folder (refusing one that already holds a run) and writes
+  ``config.json`` (task + nested config).
+- ``--resume`` reopens the folder: it must hold a run of the same task, and the config
+  asked for must equal the stored one except for *runtime* options (device, output folder,
+  and what each task marks ``runtime``: e.g. a GAN's ``--epochs``); anything else is one
+  :class:`~droplab.errors.ResumeError` naming every differing option with both values. The
+  command line starts from the stored config (:func:`stored_config`), so ``droplab X --out
+  RUN --resume`` needs nothing else. When a runtime option did change, ``config.json`` is
+  rewritten with the new value (a plain resume writes nothing).
+- On the checkpoint side (:func:`resume_point`): training continues from the checkpoint's
+  step and ``metrics.jsonl`` is cut back to it (to nothing without a checkpoint); a run whose
+  checkpoint says it finished returns its stored summary and changes no file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from droplab.config import Config, differences, leaves
+from droplab.errors import ResumeError
+from droplab.runs import RunDir
+
+C = TypeVar("C", bound=Config)
+
+
+def _check_task(stored: dict[str, Any], task: str, run: RunDir) -> None:
+    kind = stored.get("task")
+    if kind != task:
+        raise ResumeError(f"{run.path} holds a {kind!r} run, not a {task!r} run; pass the "
+                          f"folder of a `droplab {task}` run or start a new --out folder")
+
+
+def stored_config(cls: type[C], out: str, task: str) -> C:
+    """The config stored in the run folder ``out`` (a ``task`` run), as a ``cls``."""
+    run = RunDir.create(out, task, resume=True)
+    stored = run.read_config()
+    _check_task(stored, task, run)
+    return cls.from_dict(stored)
+
+
+def open_run(cfg: Config, task: str, *, resume: bool, out: str = "run.out",
+             create: Callable[..., RunDir] = RunDir.create) -> RunDir:
+    """Create (new run) or reopen (``resume``) the run folder at ``cfg``'s ``out`` option.
+
+    A new run writes ``config.json``; a resumed one checks ``cfg`` against it (see the
+    module docstring). ``cfg``'s ``out`` is set to the folder actually used.
+    """
+    run = create(cfg.get(out), task, resume=resume)
+    if not resume:
+        _set(cfg, out, str(run.path))
+        run.write_config(cfg, task=task)
+        return run
+    stored_dict = run.read_config()
+    _check_task(stored_dict, task, run)
+    stored = type(cfg).from_dict(stored_dict)
+    diff = [p for p in differences(stored, cfg) if p != out]
+    if diff:
+        verb = "differs" if len(diff) == 1 else "differ"
+        raise ResumeError(f"cannot resume {run.path}: {_describe(stored, cfg, diff)} {verb} "
+                          "from its config.json; resume with the same options "
+                          f"(only {_runtime_flags(cfg)} may change) or start a new --out folder")
+    changed = [p for p in differences(stored, cfg, include_runtime=True) if p != out]
+    _set(cfg, out, stored.get(out) or str(run.path))
+    if changed:  # e.g. a longer GAN run: the folder records what it now holds
+        run.write_config(cfg, task=task)
+    return run
+
+
+def _set(cfg: Config, path: str, value: Any) -> None:
+    *parents, name = path.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, name, value)
+
+
+def _describe(stored: Config, given: Config, paths: list[str]) -> str:
+    flags = {leaf.path: leaf.flag for leaf in leaves(given)}
+    parts = [f"{flags[p]} (stored {stored.get(p)!r}, given {given.get(p)!r})" for p in paths]
+    return ", ".join(parts)
+
+
+def _runtime_flags(cfg: Config) -> str:
+    return ", ".join(leaf.flag for leaf in leaves(cfg, cli_only=True) if leaf.option.runtime)
