@@ -302,3 +302,59 @@ def test_half_precision_forward(name: str, dtype: torch.dtype) -> None:
     assert y.dtype == dtype and y.shape[0] == 8
     assert bool(torch.isfinite(y).all())
     assert not torch.equal(y, x)
+
+
+# --------------------------------------------------------------------------- replicas
+def test_drop_connect_replicas_draw_one_weight_mask_per_copy() -> None:
+    # k stacked copies of one input through a linear DropConnect layer: each copy must see
+    # its own mask (a shared mask would make all copies equal), and a copy must equal a
+    # separate call that draws from the same RNG position
+    w = torch.randn(6, 5, generator=gen(1))
+    x = torch.randn(3, 5, generator=gen(2))
+    k = 4
+    out = DF.drop_connect(x.repeat(k, 1), 0.5, weight=w, replicas=k, generator=gen(3))
+    copies = out.view(k, 3, 6)
+    assert all(not torch.equal(copies[i], copies[j]) for i in range(k) for j in range(i))
+    g = gen(3)
+    one_by_one = torch.cat([DF.drop_connect(x, 0.5, weight=w, generator=g) for _ in range(k)])
+    assert torch.allclose(out, one_by_one, atol=1e-6)
+    with pytest.raises(InvalidValue, match="divisor"):
+        DF.drop_connect(x, 0.5, weight=w, replicas=2)
+
+
+def test_drop_path_batch_mode_replicas_draw_per_copy() -> None:
+    # mode="batch" with k copies: each copy kept or dropped as a whole, independently.
+    # Over n = 2000 copies the kept fraction is Bernoulli(0.7): 5σ = 5·sqrt(.21/2000) ≈ .051
+    k, p = 2000, 0.3
+    x = torch.ones(k * 2, 3)
+    y = DF.drop_path(x, p, mode="batch", replicas=k, generator=gen(4)).view(k, 2, 3)
+    kept = y.flatten(1).amax(1) > 0
+    assert torch.all(y[kept] == 1 / (1 - p)) and torch.all(y[~kept] == 0)
+    assert abs(kept.double().mean().item() - (1 - p)) <= frac_tol(1 - p, k)
+    # without replicas the whole batch shares one draw
+    z = DF.drop_path(x, p, mode="batch", generator=gen(4))
+    assert len(torch.unique(z)) == 1
+
+
+# --------------------------------------------------------------------------- torch.fx
+class _CallsFunctional(torch.nn.Module):
+    """A user model calling droplab.functional in forward, by attribute and by name."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from droplab.functional import drop_block  # the bare-name form of the call
+
+        x = DF.dropout(x, 0.2, self.training)
+        x = drop_block(x, 0.1, self.training, block_size=3)
+        return DF.drop_path(x, 0.1, self.training)
+
+
+def test_functional_ops_are_single_fx_nodes() -> None:
+    gm = torch.fx.symbolic_trace(_CallsFunctional().train())
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert calls == [DF.dropout, DF.drop_block, DF.drop_path]
+    x = torch.randn(4, 2, 8, 8)
+    torch.manual_seed(5)
+    a = gm(x)
+    torch.manual_seed(5)
+    b = _CallsFunctional().train()(x)
+    assert torch.equal(a, b)  # the traced module draws exactly what eager does

@@ -239,3 +239,26 @@ def test_make_dropout_passes_options() -> None:
     assert isinstance(c, L.ConcreteDropout) and c.temperature == 0.5
     d = L.make_dropout("dropconnect", 0.25, in_features=3, out_features=2, bias=False)
     assert isinstance(d, L.DropConnectLinear) and d.bias is None and d.p == 0.25
+
+
+# --------------------------------------------------------------------------- torch.fx
+def test_modules_trace_and_work_in_create_feature_extractor() -> None:
+    # torchvision's feature extractor traces through droplab modules: each is one node
+    # (as torchvision's own DropBlock2d/StochasticDepth are), and the train/eval graphs
+    # it builds keep dropout on in training and off in eval
+    from torchvision.models.feature_extraction import (
+        create_feature_extractor,
+        get_graph_node_names,
+    )
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), L.DropBlock2d(0.3, 3),
+                                L.DropPath(0.2), L.Dropout(0.1), L.GaussianDropout(0.1))
+    train_names, eval_names = get_graph_node_names(model)
+    assert train_names == eval_names == ["input", "0", "1.drop_block", "2.drop_path",
+                                         "3.dropout", "4.gaussian_dropout"]
+    fx_model = create_feature_extractor(model, {"1.drop_block": "blocks"})
+    x = torch.randn(2, 3, 16, 16)
+    fx_model.eval()
+    assert torch.equal(fx_model(x)["blocks"], model[0](x))
+    fx_model.train()
+    assert not torch.equal(fx_model(x)["blocks"], model[0](x))

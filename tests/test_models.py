@@ -117,8 +117,8 @@ def test_torchvision_model_with_surgery_dropout() -> None:
     m = build_model(ModelConfig(name="tv:mobilenet_v3_small", dropout=0.3), (1, 32, 32), 5)
     x = torch.randn(2, 1, 32, 32)  # grey input repeated to RGB
     assert m(x).shape == (2, 5) and m.forward_features(x).shape == (2, 1024)
-    assert isinstance(m.head, nn.Sequential)  # surgery: Sequential(dropout, Linear)
-    assert m.head[0].p == pytest.approx(0.3) and m.head[1].out_features == 5
+    assert isinstance(m.head, nn.Linear)  # surgery: a dropout slot, parameter names kept
+    assert m.head.pre_dropout.p == pytest.approx(0.3) and m.head.out_features == 5
     with pytest.raises(UnknownName) as e:
         build_model(ModelConfig(name="tv:resnet1000"), (3, 32, 32), 10)
     assert "tv:resnet18" in one_line(e)

@@ -124,9 +124,9 @@ def test_scheduler_subset_by_pattern_kind_and_objects() -> None:
     model = _net()
     DropoutScheduler(model, make_schedule("late:0.5", 0.3, 10), modules=[model[6]])
     assert (model[4].p, model[6].p) == (0.5, 0.0)
-    with pytest.raises(InvalidValue, match="no dropout module matches"):
+    with pytest.raises(InvalidValue, match="no dropout matches"):
         DropoutScheduler(model, make_schedule("linear", 0.3, 10), modules="nothing_here")
-    with pytest.raises(InvalidValue, match="has no dropout modules"):
+    with pytest.raises(InvalidValue, match="has no dropout"):
         DropoutScheduler(nn.Linear(2, 2), make_schedule("linear", 0.3, 10))
 
 

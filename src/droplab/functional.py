@@ -12,6 +12,16 @@ Conventions shared by every function here:
   on that device. Masks are cast to the input dtype, so float16/bfloat16 inputs work.
 * Everything is differentiable with respect to ``x`` (and, for
   :func:`concrete_dropout`, with respect to a tensor ``p``).
+* **torch.fx.** Every function dispatches ``__torch_function__`` first, as
+  ``torch.nn.functional`` does, so ``torch.fx.symbolic_trace`` (and torchvision's
+  ``create_feature_extractor``) records each call as one ``call_function`` node, however it
+  is referenced (``DF.dropout(x)`` or a bare ``dropout(x)``): the effect of
+  ``torch.fx.wrap``, for attribute calls too. droplab's MC dropout recognises these nodes
+  as stochastic.
+* **Replicas.** The two kinds whose mask is shared by a whole batch (DropConnect's weight
+  mask, :func:`drop_path` with ``mode="batch"``) take ``replicas=k``: the batch holds ``k``
+  stacked copies (MC dropout runs several passes in one batch) and each copy gets its own
+  mask, as if the ``k`` passes had run one by one.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function
 
 from droplab.errors import InvalidValue, check_rate, unknown_name
 
@@ -61,6 +72,15 @@ def _rand(shape: tuple[int, ...] | torch.Size, x: Tensor, generator: torch.Gener
     return torch.rand(shape, generator=generator, device=x.device, dtype=dtype or _noise_dtype(x))
 
 
+def _check_replicas(x: Tensor, replicas: int) -> int:
+    k = int(replicas)
+    if k < 1 or x.shape[0] % k:
+        raise InvalidValue(
+            f"replicas={replicas} must be a positive divisor of the batch size {x.shape[0]}"
+        )
+    return k
+
+
 def _active(x: Tensor, p: float, training: bool, generator: torch.Generator | None) -> bool:
     """Validate ``p`` and ``generator``; True when the function must do something."""
     p = check_rate(p)
@@ -78,6 +98,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
     ``y = x * m / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` i.i.d. per element, so
     ``E[y] = x`` and ``Var[y] = x² p / (1 - p)``.
     """
+    if has_torch_function((x,)):
+        return handle_torch_function(dropout, (x,), x, p, training, generator=generator)
     if not _active(x, p, training, generator):
         return x
     keep = _rand(x.shape, x, generator) >= p
@@ -92,6 +114,8 @@ def spatial_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
     ``m[n, c] ~ Bernoulli(1 - p)``. Works for (N, C, L), (N, C, H, W) and (N, C, D, H, W)
     inputs (1d/2d/3d by rank).
     """
+    if has_torch_function((x,)):
+        return handle_torch_function(spatial_dropout, (x,), x, p, training, generator=generator)
     if x.dim() not in (3, 4, 5):
         raise InvalidValue(
             f"spatial_dropout expects an (N, C, L), (N, C, H, W) or (N, C, D, H, W) input, "
@@ -112,6 +136,8 @@ def gaussian_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
     semantics), so ``E[y] = x`` and ``Var[y] = x² p / (1 - p)``, the same as
     :func:`dropout` at rate ``p``.
     """
+    if has_torch_function((x,)):
+        return handle_torch_function(gaussian_dropout, (x,), x, p, training, generator=generator)
     if not _active(x, p, training, generator):
         return x
     std = math.sqrt(p / (1.0 - p))
@@ -128,6 +154,8 @@ def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
     ``m ~ Bernoulli(q)``, ``q = 1 - p``, ``a = (q + α'² q (1 - q))^(-1/2)`` and
     ``b = -a α' (1 - q)``, which keeps mean 0 and variance 1 for standardised inputs.
     """
+    if has_torch_function((x,)):
+        return handle_torch_function(alpha_dropout, (x,), x, p, training, generator=generator)
     if not _active(x, p, training, generator):
         return x
     q = 1.0 - p
@@ -142,7 +170,8 @@ def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
 def drop_connect(x: Tensor, p: float = 0.5, training: bool = True, *, weight: Tensor,
                  bias: Tensor | None = None, stride: int | tuple[int, int] = 1,
                  padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,
-                 groups: int = 1, generator: torch.Generator | None = None) -> Tensor:
+                 groups: int = 1, generator: torch.Generator | None = None,
+                 replicas: int = 1) -> Tensor:
     """DropConnect (Wan et al., ICML 2013): dropout on the *weights* of a linear/conv layer.
 
     ``y = x W̃ᵀ + b`` (``F.linear`` for a 2-d ``weight``) or ``y = conv2d(x, W̃) + b`` (a 4-d
@@ -150,16 +179,30 @@ def drop_connect(x: Tensor, p: float = 0.5, training: bool = True, *, weight: Te
     mask is drawn per call and shared by every sample of the batch; each call (each
     forward or MC pass) draws a fresh one. The bias is not masked. At evaluation the mean
     weight ``W`` is used (inverted scaling instead of the paper's moment-matching inference).
+    With ``replicas=k`` the batch is ``k`` stacked copies and each gets its own mask.
     """
-    w = dropout(weight, p, training, generator=generator)
-    if weight.dim() == 2:
-        return F.linear(x, w, bias)
-    if weight.dim() == 4:
-        return F.conv2d(x, w, bias, stride, padding, dilation, groups)
-    raise InvalidValue(
-        f"drop_connect needs a 2-d (linear) or 4-d (conv2d) weight, got shape "
-        f"{tuple(weight.shape)}"
-    )
+    relevant = (x, weight) if bias is None else (x, weight, bias)
+    if has_torch_function(relevant):
+        return handle_torch_function(
+            drop_connect, relevant, x, p, training, weight=weight, bias=bias, stride=stride,
+            padding=padding, dilation=dilation, groups=groups, generator=generator,
+            replicas=replicas)
+    if weight.dim() not in (2, 4):
+        raise InvalidValue(
+            f"drop_connect needs a 2-d (linear) or 4-d (conv2d) weight, got shape "
+            f"{tuple(weight.shape)}"
+        )
+
+    def apply(inputs: Tensor) -> Tensor:
+        w = dropout(weight, p, training, generator=generator)
+        if weight.dim() == 2:
+            return F.linear(inputs, w, bias)
+        return F.conv2d(inputs, w, bias, stride, padding, dilation, groups)
+
+    k = _check_replicas(x, replicas)
+    if k == 1 or not training or check_rate(p) == 0.0:
+        return apply(x)
+    return torch.cat([apply(part) for part in x.chunk(k)], dim=0)
 
 
 # --------------------------------------------------------------------------- structured
@@ -236,6 +279,9 @@ def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: 
     kept fraction, ``y_n = x_n * m_n * |m_n| / Σ m_n`` (a sample whose mask drops
     everything becomes 0).
     """
+    if has_torch_function((x,)):
+        return handle_torch_function(drop_block, (x,), x, p, training, block_size=block_size,
+                                     shared_channels=shared_channels, generator=generator)
     if x.dim() != 4:
         raise InvalidValue(
             f"drop_block expects an (N, C, H, W) input, got shape {tuple(x.shape)}"
@@ -273,21 +319,29 @@ def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: 
 
 
 def drop_path(x: Tensor, p: float = 0.1, training: bool = True, *, mode: str = "row",
-              generator: torch.Generator | None = None) -> Tensor:
+              generator: torch.Generator | None = None, replicas: int = 1) -> Tensor:
     """Stochastic depth (Huang et al., ECCV 2016) for the residual branch ``x``.
 
     ``mode="row"``: each sample's branch is dropped independently,
     ``y[n] = x[n] * m[n] / (1 - p)``, ``m[n] ~ Bernoulli(1 - p)`` (as in timm and
-    torchvision). ``mode="batch"``: one draw for the whole batch, as in the paper.
-    Use it on the residual branch: ``out = shortcut + drop_path(branch(x), p)``.
+    torchvision). ``mode="batch"``: one draw for the whole batch, as in the paper (one per
+    copy with ``replicas=k``). Use it on the residual branch:
+    ``out = shortcut + drop_path(branch(x), p)``.
     """
+    if has_torch_function((x,)):
+        return handle_torch_function(drop_path, (x,), x, p, training, mode=mode,
+                                     generator=generator, replicas=replicas)
     if mode not in ("row", "batch"):
         raise unknown_name("drop-path mode", mode, ("row", "batch"))
+    k = _check_replicas(x, replicas)
     if not _active(x, p, training, generator):
         return x
-    shape = (x.shape[0],) + (1,) * (x.dim() - 1) if mode == "row" else (1,) * x.dim()
-    keep = _rand(shape, x, generator) >= p
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    if mode == "row":
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        keep = _rand(shape, x, generator) >= p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = (_rand((k,) + (1,) * x.dim(), x, generator) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    return (x.reshape(k, -1, *x.shape[1:]) * keep).reshape(x.shape)
 
 
 def concrete_dropout(x: Tensor, p: float | Tensor = 0.1, training: bool = True, *,
@@ -300,6 +354,10 @@ def concrete_dropout(x: Tensor, p: float | Tensor = 0.1, training: bool = True, 
     ``y = x (1 - z) / (1 - p)``. ``p`` may be a tensor requiring grad (the learned rate
     of :class:`droplab.layers.ConcreteDropout`); gradients flow into it.
     """
+    relevant = (x, p) if isinstance(p, Tensor) else (x,)
+    if has_torch_function(relevant):
+        return handle_torch_function(concrete_dropout, relevant, x, p, training,
+                                     temperature=temperature, generator=generator, eps=eps)
     if not training:
         return x
     if isinstance(p, Tensor):

@@ -3,6 +3,12 @@
 Every droplab dropout module subclasses :class:`DropoutModule`: the rate ``p`` is a
 validated, settable attribute, the module is the identity in eval mode, and
 ``extra_repr`` shows its settings.
+
+The modules are ``torch.fx``-friendly: tracing through one records a single call of its
+:mod:`droplab.functional` op, and droplab's own tracer keeps them as leaf modules. The
+kinds whose mask is shared by a batch (DropConnect, ``DropPath(mode="batch")``) have a
+``replicas`` attribute (default 1) that MC dropout sets while it runs several passes in
+one batch, so that each pass still gets its own mask.
 """
 
 from __future__ import annotations
@@ -156,6 +162,8 @@ class DropPath(DropoutModule):
     """
 
     kind = "droppath"
+    #: copies stacked in the batch (set by MC dropout); one batch-mode draw per copy
+    replicas: int = 1
 
     def __init__(self, p: float = 0.1, mode: str = "row", *,
                  generator: torch.Generator | None = None) -> None:
@@ -165,7 +173,8 @@ class DropPath(DropoutModule):
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
-        return DF.drop_path(x, self.p, self.training, mode=self.mode, generator=self.generator)
+        return DF.drop_path(x, self.p, self.training, mode=self.mode, generator=self.generator,
+                            replicas=self.replicas)
 
     def extra_repr(self) -> str:
         return f"{_p_first(self.p)}, mode={self.mode!r}"
@@ -183,6 +192,8 @@ class DropConnectLinear(DropoutModule):
     """
 
     kind = "dropconnect"
+    #: copies stacked in the batch (set by MC dropout); one weight mask per copy
+    replicas: int = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  p: float = 0.5, generator: torch.Generator | None = None,
@@ -213,7 +224,7 @@ class DropConnectLinear(DropoutModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return DF.drop_connect(x, self.p, self.training, weight=self.weight, bias=self.bias,
-                               generator=self.generator)
+                               generator=self.generator, replicas=self.replicas)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -230,6 +241,8 @@ class DropConnectConv2d(DropoutModule):
     """
 
     kind = "dropconnect"
+    #: copies stacked in the batch (set by MC dropout); one weight mask per copy
+    replicas: int = 1
 
     def __init__(self, in_channels: int, out_channels: int,
                  kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
@@ -270,7 +283,8 @@ class DropConnectConv2d(DropoutModule):
             padding = 0
         return DF.drop_connect(x, self.p, self.training, weight=self.weight, bias=self.bias,
                                stride=self.stride, padding=padding, dilation=self.dilation,
-                               groups=self.groups, generator=self.generator)
+                               groups=self.groups, generator=self.generator,
+                               replicas=self.replicas)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -347,7 +361,8 @@ class ConcreteDropout(DropoutModule):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
-            self.input_dim = x[0].numel()
+            if isinstance(x, Tensor):  # not while torch.fx traces (x is then a Proxy)
+                self.input_dim = x[0].numel()
             x = DF.concrete_dropout(x, self.p_tensor(), True, temperature=self.temperature,
                                     generator=self.generator)
         return x if self.layer is None else self.layer(x)

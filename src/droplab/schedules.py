@@ -40,6 +40,8 @@ from typing import Any
 from torch import nn
 
 from droplab.errors import InvalidValue, ResumeError, check_rate, unknown_name
+from droplab.surgery import dropout_modules
+from droplab.surgery.kinds import get_rate, set_rate
 
 #: schedule kind → (default argument, meaning of the argument)
 SCHEDULES: dict[str, tuple[float | None, str]] = {
@@ -135,9 +137,10 @@ def make_schedule(spec: str, p: float, total_steps: int) -> Schedule:
 class DropoutScheduler:
     """Drive the rate of a model's dropout modules along a :class:`Schedule`.
 
-    ``modules``: ``None`` (every torch.nn and droplab dropout module), a name pattern, a
-    kind, a module type, or a list of names / module objects (see
-    :mod:`droplab.surgery`).
+    ``modules``: ``None`` (every source :func:`droplab.surgery.find_dropout` reports with a
+    settable rate: torch.nn, droplab, torchvision and timm layers, attention dropout, gated
+    ``F.dropout`` calls), a name pattern, a kind, a module type, or a list of names /
+    module objects (see :mod:`droplab.surgery`).
 
     **Per-module targets.** Each module's *target* is its own rate when the scheduler is
     created (a module at rate 0 takes the schedule's ``p``). At step ``t`` every module is
@@ -150,12 +153,12 @@ class DropoutScheduler:
 
     def __init__(self, model: nn.Module, schedule: Schedule,
                  modules: Any | Sequence[nn.Module] = None) -> None:
-        from droplab.surgery import dropout_modules
-
         self.schedule = schedule
-        self.modules: dict[str, nn.Module] = dropout_modules(model, modules)
+        #: key (module name, plus ``:attr`` for gated calls) → the source driven
+        self.sources = dropout_modules(model, modules)
+        self.modules: dict[str, nn.Module] = {k: d.module for k, d in self.sources.items()}
         self.targets: dict[str, float] = {
-            name: (float(m.p) if float(m.p) > 0 else schedule.p) for name, m in self.modules.items()
+            key: (float(d.p) if d.p else schedule.p) for key, d in self.sources.items()
         }
         self.last_step = 0
         self._apply()
@@ -167,13 +170,14 @@ class DropoutScheduler:
 
     def rates(self) -> dict[str, float]:
         """Current rate of every driven module."""
-        return {name: float(m.p) for name, m in self.modules.items()}
+        return {k: float(get_rate(d.module, d.rate_attr or "p") or 0.0)
+                for k, d in self.sources.items()}
 
     def _apply(self) -> None:
         frac = self.schedule.fraction(self.last_step)
-        for name, m in self.modules.items():
+        for key, d in self.sources.items():
             # targets < 1 and frac <= 1, so the product is a valid rate
-            m.p = self.targets[name] * frac
+            set_rate(d.module, d.rate_attr or "p", self.targets[key] * frac)
 
     def step(self) -> float:
         """Advance one step, set the modules' rates, and return :attr:`current_p`."""
@@ -204,7 +208,7 @@ class DropoutScheduler:
                 f"but this run uses {self.schedule.spec} (p={self.schedule.p:g}, "
                 f"T={self.schedule.total_steps}); resume with the same schedule"
             )
-        if set(targets) != set(self.modules):
+        if set(targets) != set(self.sources):
             raise ResumeError(
                 "checkpoint's dropout scheduler drove different modules; resume with the same model"
             )
@@ -214,4 +218,4 @@ class DropoutScheduler:
 
     def __repr__(self) -> str:
         return (f"DropoutScheduler({self.schedule.spec}, p={self.schedule.p:g}, "
-                f"T={self.schedule.total_steps}, step={self.last_step}, modules={len(self.modules)})")
+                f"T={self.schedule.total_steps}, step={self.last_step}, modules={len(self.sources)})")

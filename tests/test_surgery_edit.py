@@ -1,4 +1,5 @@
-"""Model surgery on toy nets and torchvision resnet18 / vgg11 / mobilenet_v3_small."""
+"""Surgery (retune, replace, insert) on toy nets, torchvision resnet18 / vgg11 /
+mobilenet_v3_small and third-party layers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -61,13 +63,14 @@ def test_add_dropout_head_keeps_eval_outputs_and_changes_train_outputs(
     wrapped = add_dropout(model, "head", p=0.5)
     assert wrapped == [HEADS[name]]
     head = model.get_submodule(HEADS[name])
-    assert isinstance(head, nn.Sequential) and isinstance(head[0], layers.Dropout)
-    assert isinstance(head[1], nn.Linear)
+    # the head keeps its class, identity and parameter names; it gains a dropout slot
+    assert isinstance(head, nn.Linear) and isinstance(head.pre_dropout, layers.Dropout)
+    assert f"{HEADS[name]}.weight" in model.state_dict()
     with torch.no_grad():
         after = model(X)
     assert torch.equal(before, after)  # dropout is the identity in eval mode
     # only the new layer stochastic: outputs now differ from the deterministic ones
-    head[0].train()
+    head.pre_dropout.train()
     with torch.no_grad():
         noisy = model(X)
     # mobilenet's untrained logits are ~1e-10: compare relatively
@@ -171,4 +174,88 @@ def test_errors_are_one_line_user_errors() -> None:
 def test_add_dropout_keeps_training_mode_of_target() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).train()
     add_dropout(model, "head", p=0.5)
-    assert model[2].training and model[2][0].training
+    assert model[2].training and model[2].pre_dropout.training
+
+
+# --------------------------------------------------------------------------- names kept
+def test_add_dropout_keeps_parameter_names_so_old_state_dicts_load(
+        tv_models: dict[str, nn.Module]) -> None:
+    model = _fresh(tv_models, "resnet18")
+    saved = copy.deepcopy(model.state_dict())
+    add_dropout(model, "head", p=0.3)
+    add_dropout(model, after=nn.BatchNorm2d, kind="dropblock", p=0.1, block_size=3)
+    assert set(model.state_dict()) == set(saved)  # no parameter or buffer renamed
+    fresh = _fresh(tv_models, "resnet18")
+    add_dropout(fresh, "head", p=0.3)
+    add_dropout(fresh, after=nn.BatchNorm2d, kind="dropblock", p=0.1, block_size=3)
+    fresh.load_state_dict(saved)  # strict: the pre-surgery state dict loads after surgery
+    with torch.no_grad():
+        assert torch.equal(fresh(X), model(X))
+
+
+def test_state_dicts_of_the_old_sequential_wrapping_still_load() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    legacy = {"0.weight": model[0].weight, "0.bias": model[0].bias,
+              "2.1.weight": torch.ones(2, 3), "2.1.bias": torch.zeros(2)}  # Sequential(drop, fc)
+    add_dropout(model, "head", p=0.2)
+    model.load_state_dict(legacy)
+    assert torch.equal(model[2].weight, torch.ones(2, 3))
+
+
+def test_surgered_modules_copy_pickle_and_trace() -> None:
+    import pickle
+
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 30 * 30, 2)).eval()
+    add_dropout(model, after=nn.BatchNorm2d, kind="spatial", p=0.3)
+    add_dropout(model, "head", p=0.3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(clone[1]) is type(model[1]) and isinstance(clone[1], nn.BatchNorm2d)
+        with torch.no_grad():
+            assert torch.equal(clone(x), ref)
+    # a torch.nn layer with a dropout slot stays a leaf for torch.fx tools
+    features = create_feature_extractor(model, {"1": "bn"}).eval()
+    with torch.no_grad():
+        assert torch.equal(features(x)["bn"], model[1](model[0](x)))
+    with pytest.raises(InvalidValue, match="already has a dropout slot"):
+        add_dropout(model, "head", p=0.1)
+
+
+# --------------------------------------------------------------------------- third party
+def test_replace_and_retune_third_party_layers() -> None:
+    timm = pytest.importorskip("timm")
+    model = nn.Sequential(torchvision.ops.StochasticDepth(0.2, "batch"),
+                          timm.layers.DropPath(0.3), nn.MultiheadAttention(4, 2, dropout=0.1))
+    assert replace_dropout(model, "droppath") == 2  # attention dropout cannot be swapped
+    assert isinstance(model[0], layers.DropPath) and model[0].mode == "batch"
+    assert (model[0].p, model[1].p) == (0.2, 0.3)
+    with pytest.raises(InvalidValue, match="none of the selected"):
+        replace_dropout(model, "gaussian", where="attention")
+
+
+class _StdConv(nn.Conv2d):
+    """A conv with its own forward (weight standardisation, as timm's StdConv2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True))
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_add_dropconnect_refuses_what_it_cannot_wrap_faithfully() -> None:
+    model = nn.Sequential(_StdConv(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    with pytest.raises(InvalidValue, match="its own forward") as info:
+        add_dropconnect(model, 0.2, where=nn.Conv2d)
+    assert "\n" not in str(info.value)
+    assert isinstance(model[0], _StdConv)  # nothing changed
+    mha = nn.Sequential(nn.MultiheadAttention(4, 2))
+    with pytest.raises(InvalidValue, match="raw weights"):
+        add_dropconnect(mha, 0.2, where=nn.Linear)
+    with pytest.raises(InvalidValue, match="raw weights"):
+        add_dropout(mha, after="0.out_proj")
