@@ -124,3 +124,15 @@ def test_storage_files_inside_the_run_folder_are_stored_relative_to_it(tmp_path:
     # config.json of the previous release: an absolute path inside the folder it was created in
     assert tune.resolve_storage(db, moved, stored_out=str(run)) == f"sqlite:///{moved.resolve() / 'study.db'}"
     assert tune.resolve_storage(outside, moved, stored_out=str(run)) == outside
+
+
+def test_a_trial_still_choosing_its_parameters_does_not_break_other_workers(tmp_path: Path) -> None:
+    # Optuna stores parameters one suggest_* call at a time: another worker's RUNNING trial
+    # may hold "rate" but not yet "kind"/"where" (this raised KeyError under load)
+    cfg = _cfg(tmp_path, [0.0, 0.5])
+    study = tune.open_study(cfg, f"sqlite:///{tmp_path / 'p.db'}", "p", create=True)
+    study.add_trial(optuna.create_trial(state=TrialState.RUNNING, params={"rate": 0.5},
+                                        distributions={"rate": CategoricalDistribution([0.0, 0.5])}))
+    st = tune.study_state(study, cfg)
+    assert st["running"] == 1 and st["need_new"] and not st["done"]
+    assert tune.setting_key({"rate": 0.5}) is None

@@ -112,11 +112,12 @@ def requeue_interrupted(study: optuna.Study, cfg: SweepConfig) -> int:
     retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
     n = 0
     for t in trials:
-        if (t.state != TrialState.FAIL or not t.params or t.user_attrs.get(SURPLUS)
-                or t.number in retried or setting_key(t.params) in taken):
+        key = setting_key(t.params)
+        if (t.state != TrialState.FAIL or key is None or t.user_attrs.get(SURPLUS)
+                or t.number in retried or key in taken):
             continue
         retry(study, t)
-        taken.add(setting_key(t.params))
+        taken.add(key)
         n += 1
     return n
 

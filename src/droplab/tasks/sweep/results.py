@@ -23,13 +23,15 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float]:
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
 
 
-def counted_trials(study: optuna.Study) -> dict[tuple[float, str, str], FrozenTrial]:
+def counted_trials(study: optuna.Study) -> dict[tuple[float, str, str] | None, FrozenTrial]:
     """The trial that counts for each setting (a complete one over a pruned one)."""
-    by_key: dict[tuple[float, str, str], FrozenTrial] = {}
+    by_key: dict[tuple[float, str, str] | None, FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False):
         if not (counted(t) and t.params):
             continue
         key = setting_key(t.params)
+        if key is None:
+            continue
         prev = by_key.get(key)
         if prev is None or (prev.state != TrialState.COMPLETE and t.state == TrialState.COMPLETE):
             by_key[key] = t

@@ -95,6 +95,13 @@ class SearchSpace:
         return {"rate": list(self.rates), "kind": list(self.kinds), "where": list(self.wheres)}
 
 
-def setting_key(params: dict[str, Any]) -> tuple[float, str, str]:
-    """A hashable identity of one setting (rates rounded so 0.1 from JSON equals 0.1)."""
-    return (round(float(params["rate"]), 10), str(params["kind"]), str(params["where"]))
+def setting_key(params: dict[str, Any]) -> tuple[float, str, str] | None:
+    """A hashable identity of one setting (rates rounded so 0.1 from JSON equals 0.1).
+
+    ``None`` for a trial another worker is still creating: Optuna stores parameters one
+    ``suggest_*`` call at a time, so a RUNNING trial may hold ``rate`` but not yet ``kind``.
+    """
+    try:
+        return (round(float(params["rate"]), 10), str(params["kind"]), str(params["where"]))
+    except KeyError:
+        return None
