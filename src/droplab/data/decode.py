@@ -1,0 +1,416 @@
+"""The one image decoder: every image droplab reads passes through :func:`decode_image`.
+
+Datasets (image folders, the CIFAR-10 JPEG tree), style-transfer inputs and server uploads
+are untrusted bytes. Decoding them must never crash or exhaust the process, so:
+
+1. **Header first.** PIL parses only the header (``Image.open``), restricted to
+   :data:`ALLOWED_FORMATS`; anything else is :class:`UnsupportedImage` — the content is
+   checked, never the file name.
+2. **Pixel caps before any pixel is decoded.** A header declaring more than
+   :func:`hard_pixel_limit` pixels (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 MP by default, so
+   setting PIL's own knob moves it) is refused as :class:`ImageTooLarge`; the caller's
+   ``max_pixels`` refuses (datasets, uploads) or downscales (style inputs; JPEGs through
+   ``draft``, so the full image never lives in memory) what lies between.
+3. **Truncated or corrupt files are refused** (PIL's ``LOAD_TRUNCATED_IMAGES`` stays off:
+   nothing is silently padded), as one-line :class:`~droplab.errors.ImageReadError`. A
+   malformed file can make PIL raise nearly any exception type, so every exception from the
+   PIL calls becomes that one error; PIL's own warnings (corrupt EXIF, bomb warnings) are
+   silenced while droplab decodes (:func:`quiet_decoders`).
+4. **Every mode becomes 8-bit L or RGB**: 16-bit (``I;16*``) is scaled by 1/257 (full
+   range kept; PIL's ``convert`` would clip at 255), 32-bit ``I``/``F`` by their range,
+   ``1``/``P``/``PA``/``LA``/``RGBA``/``CMYK``/``YCbCr``/``LAB``/``HSV`` converted, alpha
+   composited over white, and the EXIF orientation applied (first frame only).
+
+Never torchvision's ``decode_image``/``decode_png`` on untrusted bytes: a 68-byte PNG whose
+header claims more data than it holds segfaulted it (libpng longjmp, exit 139). Image
+folders may use torchvision's JPEG decoder as a fast path (:func:`fast_jpeg_ok`), but only
+for files PIL's header check accepted as complete 8-bit L/RGB baseline JPEGs; the fuzz test
+(``tests/test_data_fuzz.py``) decodes thousands of mutated files through both paths in a
+child process and fails on any crash.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from droplab.errors import DataNotFound, ImageReadError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DecodedImage",
+    "ImageTooLarge",
+    "UnsupportedImage",
+    "decode_image",
+    "decode_many",
+    "decode_tensor",
+    "fast_jpeg_ok",
+    "hard_pixel_limit",
+    "quiet_decoders",
+    "to_8bit",
+    "to_tensor",
+]
+
+#: Formats PIL may parse (``Image.open(formats=...)``). PIL's JPEG reader returns many
+#: camera JPEGs as format "MPO"; PPM covers PGM/PBM.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+Source = bytes | bytearray | memoryview | str | os.PathLike[str]
+Channels = Literal["auto", "L", "RGB"]
+
+
+class ImageTooLarge(ImageReadError):
+    """An image whose header declares more pixels than the cap (refused before decoding)."""
+
+
+class UnsupportedImage(ImageReadError):
+    """Bytes that are not an image in one of :data:`ALLOWED_FORMATS` (or an empty file)."""
+
+
+@dataclass
+class DecodedImage:
+    """A decoded image (8-bit ``L`` or ``RGB``) and what its header said."""
+
+    image: Image.Image
+    format: str
+    width: int  #: as declared in the file, before EXIF rotation or downscaling
+    height: int
+
+
+def hard_pixel_limit() -> int | None:
+    """Pixels above which nothing is decoded: ``PIL.Image.MAX_IMAGE_PIXELS`` (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else None
+
+
+# ----------------------------------------------------------------------------- warnings
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_ctx: warnings.catch_warnings | None = None
+
+
+@contextmanager
+def quiet_decoders() -> Iterator[None]:
+    """Silence PIL's (and torchvision.io's) warnings while any thread decodes
+    (thread-safe, re-entrant).
+
+    ``warnings.catch_warnings`` saves and restores process-wide state, so concurrent
+    decoders must share one: the first thread in installs the filters, the last one out
+    restores the previous ones. Warnings that other threads' PIL calls raise meanwhile are
+    silenced too.
+    """
+    global _quiet_depth, _quiet_ctx
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            ctx = warnings.catch_warnings()
+            ctx.__enter__()
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # torchvision 0.29 deprecates its image codecs (the fast JPEG path) on every call
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    module=r"torchvision\.io")
+            _quiet_ctx = ctx
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0 and _quiet_ctx is not None:
+                _quiet_ctx.__exit__(None, None, None)
+                _quiet_ctx = None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return text or type(exc).__name__
+
+
+def _read(source: Source, name: str) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataNotFound(f"image {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path} is a folder, not an image file") from None
+    except OSError as exc:
+        raise ImageReadError(f"{name} cannot be read ({exc.strerror or _one_line(exc)})") from None
+
+
+def _open_header(data: bytes, name: str) -> Image.Image:
+    """PIL parses the header only (no pixel is decoded); allowed formats only."""
+    if not data:
+        raise UnsupportedImage(f"{name} is empty (0 bytes); it is not an image")
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedImage(
+            f"{name} is not an image droplab reads (the content was checked, not the name); "
+            f"use {', '.join(ALLOWED_FORMATS)}"
+        ) from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name} declares more pixels than PIL's limit "
+                            f"({hard_pixel_limit() or 0:,}); downscale it") from None
+    except Exception as exc:  # malformed headers raise anything: one line, no traceback
+        raise ImageReadError(f"{name}: the image header cannot be read ({_one_line(exc)}); "
+                             "the file may be truncated or corrupt") from None
+
+
+def _check_size(w: int, h: int, name: str, cap: int | None, what: str) -> None:
+    if w < 1 or h < 1:
+        raise ImageReadError(f"{name} has no pixels ({w}×{h})")
+    if cap is not None and w * h > cap:
+        raise ImageTooLarge(f"{name} is {w}×{h} = {w * h:,} pixels, over the {what} of "
+                            f"{cap:,} pixels; downscale it first")
+
+
+# EXIF orientation tag (0x0112) → the transpose that displays the image upright
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 when absent or unreadable: broken EXIF is not a broken image)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if int(value) in _ORIENT else 1
+    except Exception:  # corrupt EXIF raises anything
+        return 1
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """Deep greyscale → uint8: I;16 by 1/257 (exact ends); I and F by their range."""
+    if mode.startswith("I;16"):
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    x = a.astype(np.float64)
+    if mode == "F" and x.size and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
+        lo, hi = 0.0, 1.0
+    elif mode != "F" and x.size and x.min() >= 0 and x.max() <= 255:
+        lo, hi = 0.0, 255.0
+    elif mode != "F" and x.size and x.min() >= 0 and x.max() <= 65535:
+        lo, hi = 0.0, 65535.0
+    else:
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+    return np.round(np.clip((x - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
+
+
+def _over_white(a: np.ndarray) -> np.ndarray:
+    """(H, W, C+1) uint8 with straight alpha last → (H, W, C) composited over white."""
+    colour, alpha = a[..., :-1].astype(np.uint32), a[..., -1:].astype(np.uint32)
+    return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def to_8bit(img: Image.Image, channels: Channels = "RGB") -> Image.Image:
+    """Any PIL mode → 8-bit ``L`` or ``RGB`` (``channels="auto"`` keeps greyscale as L).
+
+    Alpha (``LA``, ``RGBA``, ``P`` with transparency, ``PA``, premultiplied ``La``/``RGBa``)
+    is composited over white.
+    """
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16L, I;16N, I, I;32, F
+        img = Image.fromarray(_scale_to_uint8(np.asarray(img), mode), "L")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode == "La":
+        img = img.convert("LA")
+    elif mode == "RGBa":
+        img = img.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):  # CMYK, YCbCr, LAB, HSV, RGBX, …
+        img = img.convert("RGB")
+    if img.mode in ("LA", "RGBA"):
+        flat = _over_white(np.asarray(img))
+        img = Image.fromarray(flat[..., 0], "L") if img.mode == "LA" else Image.fromarray(flat, "RGB")
+    if channels == "RGB" and img.mode != "RGB":
+        img = img.convert("RGB")
+    elif channels == "L" and img.mode != "L":
+        img = img.convert("L")  # ITU-R 601-2 luma
+    return img
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit ``L``/``RGB`` PIL image → uint8 tensor ``(C, H, W)``."""
+    a = np.asarray(img)
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _opened(data: bytes, name: str, max_pixels: int | None, refuse: bool) -> Image.Image:
+    """The header, checked against the hard limit and (when ``refuse``) ``max_pixels``."""
+    img = _open_header(data, name)
+    w, h = img.size
+    _check_size(w, h, name, hard_pixel_limit(), "hard limit (PIL.Image.MAX_IMAGE_PIXELS)")
+    if refuse:
+        _check_size(w, h, name, max_pixels, "pixel cap")
+    return img
+
+
+def _finish(img: Image.Image, name: str, max_pixels: int | None, channels: Channels) -> Image.Image:
+    """Decode the pixels of an opened header, rotate, convert (downscale when over the cap)."""
+    fmt, (w, h) = str(img.format), img.size
+    shrink = max_pixels is not None and w * h > max_pixels
+    try:
+        if shrink and fmt in ("JPEG", "MPO"):  # libjpeg decodes at 1/2, 1/4 or 1/8 scale
+            scale = (max_pixels / (w * h)) ** 0.5
+            img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        img.load()
+        if img.size[0] * img.size[1] > w * h:  # a GIF frame larger than its screen
+            _check_size(*img.size, name, hard_pixel_limit(), "hard limit")
+        orient = _orientation(img)
+        if orient != 1:
+            img = img.transpose(_ORIENT[orient])
+        img = to_8bit(img, channels)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # see the module docstring: one line for any PIL failure
+        raise ImageReadError(f"{name} cannot be decoded as {fmt} ({_one_line(exc)}); the file "
+                             "may be truncated or corrupt") from None
+    if shrink and max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+        iw, ih = img.size
+        scale = (max_pixels / (iw * ih)) ** 0.5
+        img = img.resize((max(1, int(iw * scale)), max(1, int(ih * scale))),
+                         Image.Resampling.LANCZOS)
+    return img
+
+
+def decode_image(
+    source: Source,
+    *,
+    max_pixels: int | None = None,
+    too_large: Literal["refuse", "downscale"] = "refuse",
+    channels: Channels = "RGB",
+    name: str | None = None,
+) -> DecodedImage:
+    """Decode untrusted bytes or a file into an 8-bit ``L``/``RGB`` image, or raise one line.
+
+    ``max_pixels`` caps the pixels decoded: above it the image is refused
+    (:class:`ImageTooLarge`) or, with ``too_large="downscale"``, scaled down to fit
+    (returned images then have at most ``max_pixels`` pixels). Above
+    :func:`hard_pixel_limit` it is always refused. ``channels``: ``"RGB"``, ``"L"`` or
+    ``"auto"`` (greyscale stays L). ``name`` is how messages call the image (default: its
+    path, or "the image" for bytes). Raises :class:`UnsupportedImage`,
+    :class:`ImageTooLarge`, :class:`~droplab.errors.ImageReadError` (corrupt, truncated) or
+    :class:`~droplab.errors.DataNotFound` (no such file) — never anything else.
+    """
+    if too_large not in ("refuse", "downscale"):
+        raise ValueError(f"too_large must be 'refuse' or 'downscale', got {too_large!r}")
+    if name is None:
+        name = "the image" if isinstance(source, bytes | bytearray | memoryview) else str(source)
+    data = _read(source, name)
+    with quiet_decoders():
+        img = _opened(data, name, max_pixels, refuse=too_large == "refuse")
+        fmt, (w, h) = str(img.format), img.size
+        img = _finish(img, name, max_pixels, channels)
+    return DecodedImage(img, fmt, w, h)
+
+
+def decode_tensor(
+    source: Source, *, max_pixels: int | None = None, channels: Channels = "auto",
+    name: str | None = None,
+) -> torch.Tensor:
+    """:func:`decode_image` (refusing images over ``max_pixels``) → uint8 ``(C, H, W)``,
+    C = 1 for greyscale (with ``channels="auto"``) else 3."""
+    return to_tensor(decode_image(source, max_pixels=max_pixels, channels=channels,
+                                  name=name).image)
+
+
+# ----------------------------------------------------------------------------- many files
+
+
+def fast_jpeg_ok(data: bytes, img: Image.Image) -> bool:
+    """May ``data`` (whose header PIL opened as ``img``) go to torchvision's JPEG decoder?
+
+    Only complete (ending with the EOI marker ``FFD9``) 8-bit baseline/progressive JPEGs of
+    mode L or RGB without EXIF rotation: CMYK/YCCK, MPO, rotated and truncated files take
+    the PIL path, so both paths accept the same files and give the same pixels (within
+    JPEG IDCT rounding, ≤ 2 levels).
+    """
+    return (img.format == "JPEG" and img.mode in ("L", "RGB") and data.endswith(b"\xff\xd9")
+            and _orientation(img) == 1)
+
+
+def _tv_jpeg(blobs: list[bytes]) -> list[torch.Tensor] | None:
+    """torchvision's (libjpeg-turbo) decoder on validated JPEGs; None when it refuses."""
+    try:  # heavy (torchvision imports in ≈ 1.5 s): only image folders need it
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # a torchvision without its (deprecated) codecs: PIL decodes
+        return None
+    try:
+        return list(decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8)
+                                 for b in blobs], mode=ImageReadMode.UNCHANGED))
+    except RuntimeError:
+        return None
+
+
+def decode_many(
+    blobs: list[bytes], names: list[str], *, max_pixels: int | None = None, fast: bool = True,
+) -> list[torch.Tensor | ImageReadError]:
+    """Decode many files: uint8 ``(C, H, W)`` (greyscale kept as C = 1, else RGB) or the
+    :class:`~droplab.errors.ImageReadError` that :func:`decode_image` would raise (images
+    over ``max_pixels`` are refused). JPEGs that pass :func:`fast_jpeg_ok` are decoded by
+    libjpeg-turbo in one call (≈ 2× faster than PIL on CIFAR-sized images); a file it
+    refuses, or whose decoded shape disagrees with its header, goes through PIL.
+
+    Call from one thread per batch; several threads may run batches concurrently.
+    """
+    out: list[torch.Tensor | ImageReadError | None] = [None] * len(blobs)
+    fast_idx: list[int] = []
+    shapes: dict[int, tuple[int, int, int]] = {}
+    with quiet_decoders():
+        for i, (data, name) in enumerate(zip(blobs, names)):
+            try:
+                img = _opened(data, name, max_pixels, refuse=True)
+                if fast and fast_jpeg_ok(data, img):
+                    fast_idx.append(i)
+                    shapes[i] = (1 if img.mode == "L" else 3, img.size[1], img.size[0])
+                else:
+                    out[i] = to_tensor(_finish(img, name, max_pixels, "auto"))
+            except ImageReadError as exc:
+                out[i] = exc
+        if fast_idx:
+            decoded = _tv_jpeg([blobs[i] for i in fast_idx])
+            for k, i in enumerate(fast_idx):
+                t = decoded[k] if decoded is not None else None
+                if t is None and decoded is None:  # one bad file fails the batch: retry alone
+                    one = _tv_jpeg([blobs[i]])
+                    t = one[0] if one else None
+                if t is not None and tuple(t.shape) == shapes[i]:
+                    out[i] = t
+                else:
+                    try:
+                        out[i] = decode_tensor(blobs[i], max_pixels=max_pixels, name=names[i])
+                    except ImageReadError as exc:
+                        out[i] = exc
+    return [o if o is not None else ImageReadError(f"{n}: not decoded") for o, n in zip(out, names)]
