@@ -113,16 +113,18 @@ def _decode_chunk(paths: Sequence[Path], max_pixels: int | None,
 
     for path in paths:
         try:
-            nbytes = path.stat().st_size
-            if max_bytes is not None and nbytes > max_bytes:
-                flush()
-                out.append(Skipped(path, f"{path} is {nbytes:,} bytes, more than any image "
-                                         "under the pixel cap needs; downscale it", True))
-                continue
-            data = path.read_bytes()
+            with open(path, "rb", buffering=0) as fh:
+                nbytes = os.fstat(fh.fileno()).st_size  # the size of what was opened
+                if max_bytes is None or nbytes <= max_bytes:
+                    data = fh.readall()
         except OSError as exc:
             flush()
             out.append(Skipped(path, f"{path} cannot be read ({exc.strerror or exc})"))
+            continue
+        if max_bytes is not None and (nbytes > max_bytes or len(data) > max_bytes):
+            flush()
+            out.append(Skipped(path, f"{path} is {nbytes:,} bytes, more than any image under "
+                                     "the pixel cap needs; downscale it", True))
             continue
         if batch and pending + len(data) > _BATCH_BYTES:
             flush()
@@ -145,7 +147,7 @@ def decode_files(
     resize_all = target is not None
     common: tuple[int, int] | None = None
     kept: list[Tensor] = []  # one stacked batch per chunk, all at one size
-    ok = torch.zeros(len(files), dtype=torch.bool)
+    ok = [False] * len(files)
     skipped: list[Skipped] = []
     chunks = [list(range(s, min(s + _CHUNK, len(files)))) for s in range(0, len(files), _CHUNK)]
     workers = max(1, min(4, os.cpu_count() or 1))
@@ -177,9 +179,10 @@ def decode_files(
             if len({t.shape[0] for t in ims}) > 1:
                 ims = [t.expand(3, -1, -1) if t.shape[0] == 1 else t for t in ims]
             kept.append(torch.stack(ims))
+    mask = torch.tensor(ok, dtype=torch.bool)
     if not kept:
-        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), ok, skipped
-    return _cat_rgb(kept), ok, skipped
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), mask, skipped
+    return _cat_rgb(kept), mask, skipped
 
 
 def _cat_rgb(batches: list[Tensor]) -> Tensor:

@@ -1,4 +1,5 @@
-"""droplab.imageio: every awkward image becomes RGB or one clean UserError."""
+"""droplab.data.images (and the droplab.imageio shim): every awkward image a user names
+becomes RGB or one clean UserError."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from droplab.errors import DataNotFound, ImageReadError, UserError
-from droplab.imageio import (
+import droplab.imageio
+from droplab.data import images
+from droplab.data.decode import ImageTooLarge
+from droplab.data.images import (
     list_images,
     load_image,
     read_image,
     resize_to,
-    save_image,
     tensor_to_pil,
 )
+from droplab.errors import DataNotFound, ImageReadError, UserError
+from droplab.imageio import save_image
 
 
 def _gradient(w: int = 40, h: int = 30) -> np.ndarray:
@@ -126,12 +130,11 @@ def test_pixel_cap_downscales_with_a_note(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_decompression_bomb_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import droplab.imageio as io
-
     Image.fromarray(_gradient(100, 100)).save(tmp_path / "bomb.png")
-    monkeypatch.setattr(io, "BOMB_PIXELS", 5000)  # pretend 100×100 is a bomb header
-    with pytest.raises(ImageReadError, match="decompression bomb"):
-        load_image(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # pretend 100×100 is a bomb header
+    with pytest.raises(ImageTooLarge, match="hard limit") as info:
+        load_image(tmp_path / "bomb.png")  # refused, not downscaled like a merely large image
+    assert "\n" not in str(info.value)
 
 
 def test_pil_bomb_error_becomes_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,3 +156,13 @@ def test_list_images_and_resize(tmp_path: Path) -> None:
     img = resize_to(load_image(found[0]), 20)
     assert max(img.size) == 20
     assert tensor_to_pil(read_image(found[0], 16)).size == (16, 12)
+
+
+def test_imageio_shim_reexports_and_saves_atomically(tmp_path: Path) -> None:
+    for name in droplab.imageio.__all__:
+        if name != "save_image":
+            assert getattr(droplab.imageio, name) is getattr(images, name), name
+    out = save_image(read_image("astronaut", 32), tmp_path / "sub" / "a.jpg")
+    assert Image.open(out).format == "JPEG" and Image.open(out).size == (32, 32)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.jpg"]  # no temp file left
+    assert droplab.imageio._to_rgb(Image.new("LA", (2, 2))).mode == "RGB"  # serve's import
