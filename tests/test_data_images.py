@@ -18,10 +18,10 @@ from droplab.data.images import (
     load_image,
     read_image,
     resize_to,
+    save_image,
     tensor_to_pil,
 )
 from droplab.errors import DataNotFound, ImageReadError, UserError
-from droplab.imageio import save_image
 
 
 def _gradient(w: int = 40, h: int = 30) -> np.ndarray:
@@ -160,8 +160,7 @@ def test_list_images_and_resize(tmp_path: Path) -> None:
 
 def test_imageio_shim_reexports_and_saves_atomically(tmp_path: Path) -> None:
     for name in droplab.imageio.__all__:
-        if name != "save_image":
-            assert getattr(droplab.imageio, name) is getattr(images, name), name
+        assert getattr(droplab.imageio, name) is getattr(images, name), name
     out = save_image(read_image("astronaut", 32), tmp_path / "sub" / "a.jpg")
     assert Image.open(out).format == "JPEG" and Image.open(out).size == (32, 32)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.jpg"]  # no temp file left

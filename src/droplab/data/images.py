@@ -30,6 +30,7 @@ from PIL import Image
 
 from droplab.data.decode import decode_image, to_8bit
 from droplab.errors import DataNotFound, ImageReadError, InvalidValue, unknown_name
+from droplab.fileio import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -45,6 +46,7 @@ __all__ = [
     "pil_to_tensor",
     "read_image",
     "resize_to",
+    "save_image",
     "tensor_to_pil",
 ]
 
@@ -165,6 +167,14 @@ def encode_image(x: torch.Tensor | Image.Image, fmt: str = "PNG") -> bytes:
     kwargs = {"quality": 95} if fmt.upper() in ("JPEG", "JPG") else {}
     img.save(buf, format="JPEG" if fmt.upper() == "JPG" else fmt.upper(), **kwargs)
     return buf.getvalue()
+
+
+def save_image(x: torch.Tensor | Image.Image, path: str | Path) -> Path:
+    """Write an image atomically (:mod:`droplab.fileio`); the format follows the suffix
+    (PNG when unknown)."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(x, image_format(path)))
+    return path
 
 
 def list_images(inputs: Iterable[str | Path] | str | Path) -> list[Path]:
