@@ -4,7 +4,7 @@ Modules (each one job; see their docstrings):
 
 - :mod:`~droplab.data.decode`: **the one image decoder** for every image droplab reads
   (datasets, style inputs, server uploads): header and pixel caps checked before decoding,
-  every mode to 8-bit L/RGB, one-line errors, never a crash.
+  every mode to 8-bit L/RGB (:mod:`~droplab.data.modes`), one-line errors, never a crash.
 - :mod:`~droplab.data.images`: single images for style transfer and serving (paths or sample
   names, tensors, resizing, encoding).
 - :mod:`~droplab.data.folders`: ``PATH/<class>/<image>`` trees; unreadable or oversized
