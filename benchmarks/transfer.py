@@ -66,7 +66,7 @@ def finetune(args: argparse.Namespace, source: str, labels: int, strategy: str,
     out = RUNS / f"k{labels}-{strategy}-p{dropout:g}-s{seed}"
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
-    cfg = FinetuneConfig(dataset="cifar10", data_root=args.data_root,
+    cfg = FinetuneConfig.build(dataset="cifar10", data_root=args.data_root,
                          classes=[str(i) for i in range(5, 10)], labels_per_class=labels,
                          from_run=source, strategy=strategy, dropout=dropout,
                          epochs=EPOCHS.get(labels, 10), batch_size=32 if labels <= 100 else 64,

@@ -48,9 +48,9 @@ def test_linear_probe_trains_only_the_head(source_run: Path) -> None:
     from droplab import data as D
     from droplab.tasks.finetune import FinetuneConfig, _trainable_stages, build
 
-    cfg = FinetuneConfig(from_run=str(source_run), classes=["5", "6", "7", "8", "9"],
+    cfg = FinetuneConfig.build(from_run=str(source_run), classes=["5", "6", "7", "8", "9"],
                          strategy="linear-probe", dropout=0.3, hidden=16)
-    bundle = D.load_dataset("digits", classes=cfg.classes)
+    bundle = D.load_dataset("digits", classes=cfg.data.classes)
     model, _ = build(cfg, bundle)
     before = {k: v.clone() for k, v in model.source.state_dict().items()}
     model.set_trainable_stages(_trainable_stages(cfg, len(model.stages), 0))
@@ -70,9 +70,9 @@ def test_linear_probe_trains_only_the_head(source_run: Path) -> None:
 def test_gradual_unfreezes_top_down(source_run: Path) -> None:
     from droplab.tasks.finetune import FinetuneConfig, _trainable_stages
 
-    cfg = FinetuneConfig(from_run=str(source_run), strategy="gradual", epochs=8)
+    cfg = FinetuneConfig.build(from_run=str(source_run), strategy="gradual", epochs=8)
     assert [_trainable_stages(cfg, 3, e) for e in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert _trainable_stages(FinetuneConfig(from_run="x", strategy="full"), 3, 0) is None
+    assert _trainable_stages(FinetuneConfig.build(from_run="x", strategy="full"), 3, 0) is None
 
 
 def test_discriminative_lrs_reach_the_optimizer(source_run: Path) -> None:
@@ -80,7 +80,7 @@ def test_discriminative_lrs_reach_the_optimizer(source_run: Path) -> None:
     from droplab import train as T
     from droplab.tasks.finetune import FinetuneConfig, build
 
-    cfg = FinetuneConfig(from_run=str(source_run), strategy="full", lr_decay=0.5)
+    cfg = FinetuneConfig.build(from_run=str(source_run), strategy="full", lr_decay=0.5)
     model, _ = build(cfg, D.load_dataset("digits"))
     opt = T.make_optimizer(model, T.TrainConfig(optimizer="sgd", lr=0.1))
     lrs = sorted({round(g["lr"], 6) for g in opt.param_groups}, reverse=True)
@@ -108,9 +108,9 @@ def test_bad_inputs_are_one_line(source_run: Path, tmp_path: Path,
     from droplab.tasks.finetune import FinetuneConfig
 
     with pytest.raises(InvalidValue, match="exactly one pretrained source"):
-        FinetuneConfig().validate()
+        FinetuneConfig.build()
     with pytest.raises(UserError, match="unknown strategy"):
-        FinetuneConfig(from_run="x", strategy="magic").validate()
+        FinetuneConfig.build(from_run="x", strategy="magic")
     rc = main(["finetune", "--from", str(source_run), "--dataset", "digits",
                "--labels-per-class", "1000", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
@@ -148,7 +148,7 @@ def test_tv_weights_load_from_the_hub_cache(hub_dir: Path) -> None:
     from droplab.tasks.finetune import FinetuneConfig, load_source
 
     _, state = _weights_file(hub_dir)
-    src = load_source(FinetuneConfig(backbone="tv:mobilenet_v3_small", weights="DEFAULT"))
+    src = load_source(FinetuneConfig.build(backbone="tv:mobilenet_v3_small", weights="DEFAULT"))
     loaded = src.model.state_dict()
     checked = 0
     for key, value in state.items():
@@ -162,7 +162,7 @@ def test_tv_weights_load_from_the_hub_cache(hub_dir: Path) -> None:
 def test_tv_weights_missing_or_truncated_name_the_path(hub_dir: Path) -> None:
     from droplab.tasks.finetune import FinetuneConfig, load_source
 
-    cfg = FinetuneConfig(backbone="tv:mobilenet_v3_small", weights="DEFAULT")
+    cfg = FinetuneConfig.build(backbone="tv:mobilenet_v3_small", weights="DEFAULT")
     with pytest.raises(WeightsUnavailable) as info:
         load_source(cfg)
     msg = str(info.value)

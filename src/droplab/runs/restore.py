@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from droplab.config import flatten
 from droplab.errors import DataNotFound, UserError
 from droplab.models import ModelConfig, build_model
 from droplab.models import gan as gan_nets
@@ -156,6 +157,7 @@ def finetune_net(config: dict[str, Any], num_classes: int, in_shape: tuple[int, 
     backbones are built randomly initialised; a ``--from RUN`` backbone needs that source
     run folder, which defines its architecture.
     """
+    config = flatten(config)  # nested config.json (sections) or the flat one of release 0.1
     from_run = config.get("from_run")
     if from_run:
         try:
