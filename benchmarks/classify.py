@@ -190,12 +190,12 @@ def _hand_loop(model: torch.nn.Module, loader: Any, epochs: int, lr: float,
 
 
 def bench_throughput(args: argparse.Namespace) -> None:
-    """Images/s of droplab.train.fit vs the hand loop: same model, data, batch, device;
+    """Images/s of droplab.engine.fit vs the hand loop: same model, data, batch, device;
     alternating, ``--repeats`` times each, medians compared."""
     from droplab import data as D
+    from droplab.engine import TrainConfig, fit
     from droplab.models import ModelConfig, build_model
     from droplab.runtime import resolve_device, seed_everything
-    from droplab.train import TrainConfig, fit
 
     device = resolve_device(args.device)
     if args.data_root and (Path(args.data_root) / "MNIST" / "raw").is_dir():

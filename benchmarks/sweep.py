@@ -30,9 +30,9 @@ from typing import Any
 
 os.environ.setdefault("DROPLAB_PROGRESS", "0")
 
+from droplab.engine.classifier import ClassifyConfig
 from droplab.runs import atomic_write_json
 from droplab.tasks import sweep as tune
-from droplab.tasks.classify import ClassifyConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
 

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from droplab.engine import predict_proba
 from droplab.errors import InvalidValue, ResumeError, UnknownName
-from droplab.tasks.classify import ClassifyConfig, _convert, evaluate_run, load_run, run
-from droplab.train import predict_proba
+from droplab.runs.restore import load_run
+from droplab.tasks.classify import ClassifyConfig, _convert, evaluate_run, run
 
 TIMING = ("time_s", "images_per_s")
 

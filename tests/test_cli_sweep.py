@@ -145,8 +145,8 @@ def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_origina
     import optuna
     from optuna.trial import TrialState
 
+    from droplab.engine.classifier import ClassifyConfig
     from droplab.tasks import sweep
-    from droplab.tasks.classify import ClassifyConfig
     from droplab.tasks.sweep import objective
 
     orig, copy = tmp_path / "orig", tmp_path / "elsewhere" / "copy"

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import pytest
 
 from droplab.config import Config, differences, flatten, leaves, option, section
+from droplab.engine.classifier import ClassifyConfig
 from droplab.engine.config import TrainConfig, parse_classes
 from droplab.errors import InvalidValue, UnknownName, UserError
-from droplab.tasks.classify import ClassifyConfig
 
 
 @dataclass

@@ -77,7 +77,7 @@ def test_gradual_unfreezes_top_down(source_run: Path) -> None:
 
 def test_discriminative_lrs_reach_the_optimizer(source_run: Path) -> None:
     from droplab import data as D
-    from droplab import train as T
+    from droplab import engine as T
     from droplab.tasks.finetune import FinetuneConfig, build
 
     cfg = FinetuneConfig.build(from_run=str(source_run), strategy="full", lr_decay=0.5)
@@ -179,7 +179,7 @@ def test_tv_weights_missing_or_truncated_name_the_path(hub_dir: Path) -> None:
 
 def test_finetune_run_evaluates_like_its_summary(source_run: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from droplab.tasks.classify import load_run
+    from droplab.runs.restore import load_run
 
     out = tmp_path / "ft"
     s = _finetune(out, "--from", str(source_run), "--strategy", "full", "--hidden", "16",
@@ -199,7 +199,7 @@ def test_finetune_run_needs_its_source_run(source_run: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
-    from droplab.tasks.classify import load_run
+    from droplab.runs.restore import load_run
 
     src = tmp_path / "src-copy"
     shutil.copytree(source_run, src)
@@ -214,7 +214,7 @@ def test_finetune_run_needs_its_source_run(source_run: Path, tmp_path: Path,
 
 def test_tv_finetune_run_reloads_without_weights(hub_dir: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from droplab.tasks.classify import load_run
+    from droplab.runs.restore import load_run
 
     _weights_file(hub_dir)
     out = tmp_path / "ft"

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from droplab.engine import TrainingDiverged
 from droplab.errors import InvalidValue, ResumeError, UnknownName
 from droplab.layers import DropoutModule
 from droplab.models import gan as nets
-from droplab.tasks.gan import GanConfig, TrainingDiverged, run
+from droplab.tasks.gan import GanConfig, run
 
 
 def _tiny(out: Path, **kw: object) -> GanConfig:
@@ -266,9 +267,18 @@ def test_cli_end_to_end_on_digits_then_resume(
     assert (out / "classifier" / "summary.json").is_file()
     clf_ckpt = (out / "classifier" / "checkpoint.pt").stat().st_mtime_ns
 
-    assert main([*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:],
-                 "--resume"]) == 0
+    # resuming the finished run (only the folder, as in the README) changes no file
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    assert main(["gan", "--out", str(out), "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == s
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*")
+            if p.is_file()} == files
+    # a longer run continues from the stored config; every other option is kept
+    assert main(["gan", "--out", str(out), "--resume", "--epochs", "2", "--json"]) == 0
     s2 = json.loads(capsys.readouterr().out)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["train"]["epochs"] == 2 and stored["dropout"]["d_dropout"] == 0.3
+    assert s2["train_time_s"] > s["train_time_s"]  # both epochs' training time
     assert s2["epochs"] == 2 and (out / "samples_epoch_002.png").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "classifier" / "checkpoint.pt").stat().st_mtime_ns == clf_ckpt  # reused

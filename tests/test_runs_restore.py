@@ -149,11 +149,10 @@ def test_style_run_from_folder_or_checkpoint_file(runs: dict[str, Path]) -> None
 
 
 def test_old_shims_still_answer(runs: dict[str, Path]) -> None:
-    from droplab.tasks.classify import load_run as old_load_run
     from droplab.tasks.finetune import FinetuneNet as OldFinetuneNet
     from droplab.tasks.style import load_transformer
 
-    assert old_load_run is load_run and OldFinetuneNet is FinetuneNet
+    assert OldFinetuneNet is FinetuneNet
     net, _ = load_transformer(runs["style"])
     assert isinstance(net, TransformerNet)
 

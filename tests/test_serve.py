@@ -121,7 +121,7 @@ def test_healthz_and_offline_page(server) -> None:
 
 def direct_mc(run: Path, x_uint8: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
     """MC probabilities computed without the server, from the training normalisation."""
-    from droplab.tasks.classify import load_run
+    from droplab.runs.restore import load_run
     from droplab.uncertainty import mc_predict
 
     lr = load_run(run, "cpu")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from droplab.engine import OnEpochEnd, TrainConfig, evaluate, fit, predict_proba
 from droplab.errors import InvalidValue, ResumeError, UnknownName, UserError
 from droplab.runs import RunDir
-from droplab.train import TrainConfig, evaluate, fit, predict_proba
 
 KEYS = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "dropout_p",
         "time_s", "images_per_s"}
@@ -198,7 +198,7 @@ def test_optimizers_and_lr_schedules(opt: str, sched: str) -> None:
                       lr=0.02 if opt == "adamw" else None,
                       warmup_epochs=0.5 if sched == "constant" else 0.0)
     seen: list[dict] = []
-    res = fit(mlp(), tr, va, cfg, device="cpu", on_epoch=seen.append)
+    res = fit(mlp(), tr, va, cfg, device="cpu", callbacks=[OnEpochEnd(seen.append)])
     assert res["val_acc"] > 0.85 and len(seen) == 2
     if sched == "constant":  # warm-up ends in epoch 1; then the rate stays at the base lr
         assert [r["lr"] for r in seen] == pytest.approx([0.05, 0.05])  # DEFAULT_LR["sgd"]

@@ -13,9 +13,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from droplab.engine.classifier import ClassifyConfig
 from droplab.errors import InvalidValue, UserError
 from droplab.tasks import sweep as tune
-from droplab.tasks.classify import ClassifyConfig
 
 
 def _cfg(tmp_path: Path, rates: list[float], **kw: object) -> tune.SweepConfig:

@@ -16,8 +16,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
+
+import torch
 
 from droplab.config import Config, differences, leaves
 from droplab.errors import ResumeError
@@ -42,13 +43,15 @@ def stored_config(cls: type[C], out: str, task: str) -> C:
 
 
 def open_run(cfg: Config, task: str, *, resume: bool, out: str = "run.out",
-             create: Callable[..., RunDir] = RunDir.create) -> RunDir:
+             finished: tuple[str, int] | None = None) -> RunDir:
     """Create (new run) or reopen (``resume``) the run folder at ``cfg``'s ``out`` option.
 
     A new run writes ``config.json``; a resumed one checks ``cfg`` against it (see the
-    module docstring). ``cfg``'s ``out`` is set to the folder actually used.
+    module docstring) and records changed runtime options — unless ``finished`` (a summary
+    key and the target, e.g. ``("epochs", 5)``) says the run is already done. ``cfg``'s
+    ``out`` is set to the folder actually used.
     """
-    run = create(cfg.get(out), task, resume=resume)
+    run = RunDir.create(cfg.get(out), task, resume=resume)
     if not resume:
         _set(cfg, out, str(run.path))
         run.write_config(cfg, task=task)
@@ -64,9 +67,38 @@ def open_run(cfg: Config, task: str, *, resume: bool, out: str = "run.out",
                           f"(only {_runtime_flags(cfg)} may change) or start a new --out folder")
     changed = [p for p in differences(stored, cfg, include_runtime=True) if p != out]
     _set(cfg, out, stored.get(out) or str(run.path))
-    if changed:  # e.g. a longer GAN run: the folder records what it now holds
+    done = finished is not None and finished_summary(run, *finished) is not None
+    if changed and not done:  # e.g. a longer GAN run: the folder records what it now holds
         run.write_config(cfg, task=task)
     return run
+
+
+def finished_summary(run: RunDir, key: str, target: int) -> dict[str, Any] | None:
+    """The stored summary when the run already finished ``target`` epochs / steps (its
+    summary's ``key``): resuming it then changes no file. ``None``: there is work to do
+    (no summary yet, or a longer run was asked for)."""
+    summary = run.read_summary()
+    if summary is not None and summary.get(key) == target:
+        return summary
+    return None
+
+
+def resume_point(run: RunDir, device: torch.device | str = "cpu", *,
+                 truncate: bool = True) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from (``None``: start from scratch).
+
+    With ``truncate`` (the process that writes), ``metrics.jsonl`` is cut back to the
+    checkpoint's ``step`` — to nothing when there is no checkpoint — so records written
+    after it (or a line cut short by a crash) are not doubled; an intact log is not touched.
+    """
+    ckpt = run.load_checkpoint(map_location=device)
+    if truncate and run.metrics_path.exists():
+        step = int(ckpt.get("step", 0)) if ckpt is not None else -1
+        lines = [x for x in run.metrics_path.read_text().splitlines() if x.strip()]
+        kept = [r for r in run.read_metrics() if int(r.get("step", 0)) <= step]
+        if len(kept) != len(lines):
+            run.truncate_metrics(lambda r: int(r.get("step", 0)) <= step)
+    return ckpt
 
 
 def _set(cfg: Config, path: str, value: Any) -> None:

@@ -30,8 +30,9 @@ import torch
 
 from droplab import data as D
 from droplab.config import Config, option, section
+from droplab.engine import GradualUnfreezing, fit, predict_proba
 from droplab.engine.config import ClassifyDataConfig, RunConfig, TrainConfig
-from droplab.engine.resume import open_run
+from droplab.engine.resume import finished_summary, open_run
 from droplab.errors import InvalidValue
 from droplab.layers import KINDS
 from droplab.models.transfer import (  # FinetuneNet and Source re-exported from their new home
@@ -46,7 +47,6 @@ from droplab.models.transfer import (  # FinetuneNet and Source re-exported from
 )
 from droplab.runs.restore import finetune_net, load_run
 from droplab.runtime import resolve_device, seed_everything
-from droplab.train import fit, predict_proba
 from droplab.uncertainty import expected_calibration_error, negative_log_likelihood
 
 TASK = "finetune"
@@ -195,11 +195,11 @@ def _trainable_stages(cfg: FinetuneConfig, n_stages: int, epoch: int) -> int | N
 def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Fine-tune and evaluate; returns the summary written to ``summary.json``."""
     device = resolve_device(cfg.run.device)
-    run_dir = open_run(cfg, TASK, resume=resume)
-    if resume:
-        done = run_dir.read_summary()
-        if done is not None:
-            return done
+    target = ("epochs", cfg.train.epochs)
+    run_dir = open_run(cfg, TASK, resume=resume, finished=target)
+    done = finished_summary(run_dir, *target) if resume else None
+    if done is not None:
+        return done
     data, seed = cfg.data, cfg.run.seed
     seed_everything(seed)
     t0 = time.perf_counter()
@@ -230,15 +230,10 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     test_loader = D.Loader(bundle.test, None, batch_size=256, shuffle=False, **loader_kw)
 
     n_stages = len(model.stages)
-    start_epoch = len(run_dir.read_metrics()) if resume else 0
-    model.set_trainable_stages(_trainable_stages(cfg, n_stages, start_epoch))
-
-    def on_epoch(record: dict[str, Any]) -> None:
-        model.set_trainable_stages(_trainable_stages(cfg, n_stages, int(record["epoch"])))
-
     model.to(device)
+    unfreeze = GradualUnfreezing(lambda epoch: _trainable_stages(cfg, n_stages, epoch))
     result = fit(model, train_loader, val_loader, tcfg, device=device, run=run_dir,
-                 resume=resume, on_epoch=on_epoch,
+                 resume=resume, callbacks=[unfreeze],
                  meta={"classes": bundle.classes, "in_shape": bundle.in_shape,
                        "mean": mean, "std": std})
     probs, y = predict_proba(model, test_loader, device)

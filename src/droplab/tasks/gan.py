@@ -39,18 +39,18 @@ from torch import nn
 
 from droplab.config import Config, flatten, option, section
 from droplab.data import Loader, load_dataset
+from droplab.engine.classifier import ClassifyConfig, train_classifier
 from droplab.engine.config import DataConfig, RunConfig
-from droplab.engine.resume import open_run
-from droplab.errors import InvalidValue, UserError
+from droplab.engine.resume import finished_summary, open_run, resume_point
+from droplab.engine.state import Progress, capture_rng, check_finite, restore_rng
+from droplab.errors import InvalidValue
 from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures, gan_scores
 from droplab.layers import KINDS, concrete_regularization
 from droplab.models import gan as nets
 from droplab.runs import RunDir, atomic_write_bytes
 from droplab.runtime import progress, resolve_device, seed_everything
 
-
-class TrainingDiverged(UserError):
-    """A GAN loss became NaN/inf or exploded; the last good checkpoint is kept."""
+TASK = "gan"
 
 
 @dataclass
@@ -208,44 +208,130 @@ def save_grid(images: torch.Tensor, paths: list[Path]) -> None:
         atomic_write_bytes(p, buf.getvalue())
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> Any:
-    """Train a small classifier on the GAN's dataset into ``<out>/classifier`` (reused when
-    it is already there, e.g. on ``--resume``) and return its feature extractor."""
-    from droplab.evaluate.gan import ClassifierFeatures
-    from droplab.tasks import classify
-
+def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> ClassifierFeatures:
+    """Train a small classifier on the GAN's dataset into ``<out>/classifier`` (the library's
+    ``droplab train`` recipe; reused when it is already there, e.g. on ``--resume``) and
+    return its feature extractor."""
     out = run / "classifier"
     if not (out / "summary.json").exists():
         d = cfg.data
-        ccfg = classify.ClassifyConfig.build(
+        ccfg = ClassifyConfig.build(
             dataset=d.dataset, data_root=d.data_root, classes=d.classes, limit=d.limit,
             epochs=cfg.eval.classifier_epochs, seed=cfg.run.seed, device=cfg.run.device,
             out=str(out),
         )
-        classify.run(ccfg, resume=(out / "config.json").exists())
+        train_classifier(ccfg, resume=(out / "config.json").exists())
     return ClassifierFeatures.from_run(out, device)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+class GanTrainer:
+    """The two nets, their Adam optimisers, the EMA generator and the noise generator, with
+    the engine's :class:`~droplab.engine.Progress` — everything a GAN checkpoint holds."""
+
+    def __init__(self, cfg: GanConfig, shape: tuple[int, int, int], device: torch.device,
+                 run: RunDir, n_train: int) -> None:
+        self.cfg, self.shape, self.device, self.run, self.n_train = cfg, shape, device, run, n_train
+        t = cfg.train
+        self.g, self.d = build_nets(cfg, shape)
+        self.g_ema = copy.deepcopy(self.g).requires_grad_(False)
+        self.g, self.d, self.g_ema = self.g.to(device), self.d.to(device), self.g_ema.to(device)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=t.lr, betas=t.betas)  # type: ignore[arg-type]
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=t.lr, betas=t.betas)  # type: ignore[arg-type]
+        self.zgen = torch.Generator().manual_seed(cfg.run.seed + 1)
+        self.progress, self.g_steps = Progress(), 0
+        self.concrete = cfg.dropout.d_dropout > 0 and cfg.dropout.d_dropout_kind == "concrete"
+
+    @property
+    def sampler(self) -> nets.Generator:
+        """The generator samples are drawn from (the EMA copy unless ``--ema 0``)."""
+        return self.g_ema if self.cfg.train.ema > 0 else self.g
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.progress.state_dict(), "g_steps": self.g_steps,
+                "g": self.g.state_dict(), "d": self.d.state_dict(),
+                "g_ema": self.g_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "zgen": self.zgen.get_state(),
+                "rng": capture_rng(self.device), "config": flatten(self.cfg.to_dict()),
+                "shape": self.shape}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        for name in ("g", "d", "g_ema", "opt_g", "opt_d"):
+            getattr(self, name).load_state_dict(ckpt[name])
+        self.zgen.set_state(ckpt["zgen"])
+        self.progress.load_state_dict(ckpt)
+        self.g_steps = int(ckpt["g_steps"])
+        restore_rng(ckpt["rng"])
+
+    def _guard(self, name: str, loss: torch.Tensor, epoch: int) -> None:
+        check_finite(name, float(loss.detach()), epoch=epoch, step=self.progress.step + 1,
+                     run=self.run, limit=self.cfg.train.max_loss,
+                     advice="lower --lr, try --loss hinge or --spectral-norm")
+
+    def train_epoch(self, loader: Loader, epoch: int) -> dict[str, Any]:
+        """One epoch: a discriminator step per batch, a generator step (+ EMA update) every
+        ``n_critic``-th; returns the epoch's metrics record."""
+        m, t, device = self.cfg.model, self.cfg.train, self.device
+        g, d = self.g.train(), self.d.train()
+        loader.set_epoch(epoch)
+        sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake", "gp"), 0.0)
+        n_d = n_g = 0
+        t0 = time.perf_counter()
+        for real, _ in progress(loader, desc=f"gan epoch {epoch}/{t.epochs}", total=len(loader)):
+            g_step = (self.progress.step + 1) % m.n_critic == 0  # type: ignore[operator]
+            z = torch.randn(real.shape[0], m.z_dim, generator=self.zgen).to(device)
+            with torch.set_grad_enabled(g_step):
+                fake = g(z)
+            # discriminator / critic step
+            d_real, d_fake = d(real), d(fake.detach())
+            d_loss = nets.discriminator_loss(m.loss, d_real, d_fake)
+            gp = (nets.gradient_penalty(d, real, fake, generator=self.zgen)
+                  if m.loss == "wgan-gp" else torch.zeros((), device=device))
+            total = d_loss + m.gp_weight * gp
+            if self.concrete:
+                total = total + concrete_regularization(d) / self.n_train
+            self._guard("d_loss", total, epoch)
+            self.opt_d.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt_d.step()
+            squash = torch.sigmoid if m.loss == "ns" else (lambda v: v)
+            sums["d_real"] += float(squash(d_real.detach()).mean())
+            sums["d_fake"] += float(squash(d_fake.detach()).mean())
+            sums["d_loss"] += float(d_loss.detach())
+            sums["gp"] += float(gp.detach())
+            n_d += 1
+            if g_step:  # generator step, then the EMA copy with TF's warm-up
+                g_loss = nets.generator_loss(m.loss, d(fake))
+                self._guard("g_loss", g_loss, epoch)
+                self.opt_g.zero_grad(set_to_none=True)
+                g_loss.backward()
+                self.opt_g.step()
+                self.g_steps += 1
+                ema_update(self.g_ema, g, min(t.ema, (1 + self.g_steps) / (10 + self.g_steps)))
+                sums["g_loss"] += float(g_loss.detach())
+                n_g += 1
+            self.progress.step += 1
+        dt = time.perf_counter() - t0
+        self.progress.epoch, self.progress.time_s = epoch, self.progress.time_s + dt
+        return {"epoch": epoch, "step": self.progress.step,
+                **{k: v / max(n_g if k == "g_loss" else n_d, 1) for k, v in sums.items()},
+                "time_s": dt, "images_per_s": n_d * t.batch_size / max(dt, 1e-9)}
 
 
 # -- the task ---------------------------------------------------------------------------------
 
 
 def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
-    """Train (or continue) a GAN run and score it; returns the summary (also summary.json)."""
+    """Train (or continue) a GAN run and score it; returns the summary (also summary.json).
+
+    ``resume`` follows :mod:`droplab.engine.resume`: the stored config must match except
+    runtime options (``--epochs`` may grow); a run that already finished its epochs returns
+    its summary and changes no file.
+    """
     cfg = cfg.resolved()
-    m, t, ev, seed = cfg.model, cfg.train, cfg.eval, cfg.run.seed
+    t, ev, seed = cfg.train, cfg.eval, cfg.run.seed
     device = resolve_device(cfg.run.device)
     inception = extractor = None
     if ev.eval_samples:  # fail fast, before any training
@@ -266,109 +352,31 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
         )
 
     seed_everything(seed)
-    g, d = build_nets(cfg, shape)  # type: ignore[arg-type]  (validates the nets' options)
-    run_dir = open_run(cfg, "gan", resume=resume)
-    g_ema = copy.deepcopy(g).requires_grad_(False)
-    g, d, g_ema = g.to(device), d.to(device), g_ema.to(device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=t.betas)  # type: ignore[arg-type]
-    opt_d = torch.optim.Adam(d.parameters(), lr=t.lr, betas=t.betas)  # type: ignore[arg-type]
-    zgen = torch.Generator().manual_seed(seed + 1)
+    build_nets(cfg, shape)  # type: ignore[arg-type]  (validates the nets' options early)
+    run_dir = open_run(cfg, TASK, resume=resume, finished=("epochs", t.epochs))
+    done = finished_summary(run_dir, "epochs", t.epochs) if resume else None
+    if done is not None:
+        return done
+    seed_everything(seed)
+    trainer = GanTrainer(cfg, shape, device, run_dir, len(train.labels))  # type: ignore[arg-type]
     loader = Loader(train, batch_size=t.batch_size, shuffle=True, mean=(0.5,) * shape[0],
                     std=(0.5,) * shape[0], device=device, seed=seed, drop_last=True)
-    start_epoch, step, g_steps = 0, 0, 0
-    ckpt = run_dir.load_checkpoint(map_location=device) if resume else None
+    ckpt = resume_point(run_dir, device) if resume else None
     if ckpt is not None:
-        g.load_state_dict(ckpt["g"])
-        d.load_state_dict(ckpt["d"])
-        g_ema.load_state_dict(ckpt["g_ema"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        zgen.set_state(ckpt["zgen"])
-        _set_rng_state(ckpt["rng"], device)
-        start_epoch, step, g_steps = ckpt["epoch"], ckpt["step"], ckpt["g_steps"]
-        run_dir.truncate_metrics(lambda r: r.get("epoch", 0) <= start_epoch)
-    elif resume:
-        run_dir.truncate_metrics(lambda r: False)
-    concrete = cfg.dropout.d_dropout > 0 and cfg.dropout.d_dropout_kind == "concrete"
-
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch + 1, t.epochs + 1):
-        g.train()
-        d.train()
-        loader.set_epoch(epoch)
-        sums = dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake", "gp"), 0.0)
-        n_d = n_g = 0
-        t0 = time.perf_counter()
-        for real, _ in progress(loader, desc=f"gan epoch {epoch}/{t.epochs}", total=len(loader)):
-            b = real.shape[0]
-            g_step = (step + 1) % m.n_critic == 0
-            z = torch.randn(b, m.z_dim, generator=zgen).to(device)
-            if g_step:
-                fake = g(z)
-            else:
-                with torch.no_grad():
-                    fake = g(z)
-            # discriminator / critic step
-            d_real, d_fake = d(real), d(fake.detach())
-            d_loss = nets.discriminator_loss(m.loss, d_real, d_fake)
-            gp = (nets.gradient_penalty(d, real, fake, generator=zgen)
-                  if m.loss == "wgan-gp" else torch.zeros((), device=device))
-            total = d_loss + m.gp_weight * gp
-            if concrete:
-                total = total + concrete_regularization(d) / len(train.labels)
-            _guard("d_loss", float(total.detach()), cfg, epoch, step, run_dir)
-            opt_d.zero_grad(set_to_none=True)
-            total.backward()
-            opt_d.step()
-            if m.loss == "ns":
-                sums["d_real"] += float(torch.sigmoid(d_real.detach()).mean())
-                sums["d_fake"] += float(torch.sigmoid(d_fake.detach()).mean())
-            else:
-                sums["d_real"] += float(d_real.detach().mean())
-                sums["d_fake"] += float(d_fake.detach().mean())
-            sums["d_loss"] += float(d_loss.detach())
-            sums["gp"] += float(gp.detach())
-            n_d += 1
-            # generator step
-            if g_step:
-                g_loss = nets.generator_loss(m.loss, d(fake))
-                _guard("g_loss", float(g_loss.detach()), cfg, epoch, step, run_dir)
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                opt_g.step()
-                g_steps += 1
-                ema_update(g_ema, g, min(t.ema, (1 + g_steps) / (10 + g_steps)))
-                sums["g_loss"] += float(g_loss.detach())
-                n_g += 1
-            step += 1
-        dt = time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            "step": step,
-            **{k: v / max(n_g if k == "g_loss" else n_d, 1) for k, v in sums.items()},
-            "time_s": dt,
-            "images_per_s": n_d * t.batch_size / max(dt, 1e-9),
-        }
-        grid_g = g_ema if t.ema > 0 else g
-        save_grid(sample(grid_g, ev.grid, seed=seed + 2, device=device),
+        trainer.load_state_dict(ckpt)
+    for epoch in range(trainer.progress.epoch + 1, t.epochs + 1):
+        record = trainer.train_epoch(loader, epoch)
+        save_grid(sample(trainer.sampler, ev.grid, seed=seed + 2, device=device),
                   [run_dir / f"samples_epoch_{epoch:03d}.png", run_dir / "samples.png"])
         run_dir.log(record)
-        run_dir.save_checkpoint({
-            "epoch": epoch, "step": step, "g_steps": g_steps,
-            "g": g.state_dict(), "d": d.state_dict(), "g_ema": g_ema.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "zgen": zgen.get_state(), "rng": _rng_state(device),
-            "config": flatten(cfg.to_dict()), "shape": shape,
-        })
-    train_time = time.perf_counter() - t_start
+        run_dir.save_checkpoint(trainer.state_dict())
 
-    records = run_dir.read_metrics()
-    last = records[-1] if records else {}
+    last = (run_dir.read_metrics() or [{}])[-1]
     summary: dict[str, Any] = {
-        "task": "gan",
+        "task": TASK,
         "dataset": bundle.name,
         "image_shape": list(shape),
-        "loss": m.loss,
+        "loss": cfg.model.loss,
         "d_dropout": cfg.dropout.d_dropout,
         "d_dropout_kind": cfg.dropout.d_dropout_kind,
         "d_dropout_where": cfg.dropout.d_dropout_where,
@@ -377,13 +385,13 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
         "seed": seed,
         "d_loss": last.get("d_loss"),
         "g_loss": last.get("g_loss"),
-        "train_time_s": train_time,
+        "train_time_s": trainer.progress.time_s,
     }
     if ev.eval_samples:
         t_eval = time.perf_counter()
         if extractor is None:
             extractor = _train_classifier(cfg, run_dir, device)
-        summary.update(evaluate_run(cfg, g_ema if t.ema > 0 else g, train, extractor, inception))
+        summary.update(evaluate_run(cfg, trainer.sampler, train, extractor, inception))
         summary["eval_time_s"] = time.perf_counter() - t_eval
     summary.update({
         "samples": str(run_dir / "samples.png"),
@@ -425,25 +433,10 @@ def _read_summary(path: str) -> dict[str, Any] | None:
         return None
 
 
-def _guard(name: str, value: float, cfg: GanConfig, epoch: int, step: int, run_dir: RunDir) -> None:
-    """Stop with a one-line :class:`TrainingDiverged` on a NaN/inf or exploding loss."""
-    limit = cfg.train.max_loss
-    if nets.is_bad_loss(value, limit):
-        kept = (
-            f"the last good checkpoint (epoch {epoch - 1}) is kept in {run_dir.path}"
-            if epoch - 1 > 0 and run_dir.checkpoint_path.exists()
-            else "no checkpoint had been written yet"
-        )
-        what = "is not finite" if not math.isfinite(value) else f"exceeds --max-loss {limit:g}"
-        raise TrainingDiverged(
-            f"GAN training diverged at epoch {epoch}, step {step + 1}: {name}={value:.4g} {what}; "
-            f"{kept}; lower --lr, try --loss hinge or --spectral-norm"
-        )
-
-
 __all__ = [
+    "TASK",
     "GanConfig",
-    "TrainingDiverged",
+    "GanTrainer",
     "build_nets",
     "ema_update",
     "run",

@@ -9,13 +9,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+# TEMPORARY (issue 15): the classify config is the base of a sweep; it moves below tasks/
+# with `spine`'s nested `droplab.config` dataclasses, and this import goes with it.
+from droplab.engine.classifier import ClassifyConfig
 from droplab.errors import InvalidValue, unknown_name
 from droplab.evaluate.robustness import check_attack
 from droplab.runs import to_jsonable
-
-# TEMPORARY (issue 15): the classify config is the base of a sweep; it moves below tasks/
-# with `spine`'s nested `droplab.config` dataclasses, and this import goes with it.
-from droplab.tasks.classify import ClassifyConfig
 from droplab.tasks.sweep.space import SearchSpace
 
 OBJECTIVES: dict[str, str] = {"acc": "maximize", "nll": "minimize", "ece": "minimize",

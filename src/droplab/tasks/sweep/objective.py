@@ -21,13 +21,13 @@ import torch
 from optuna.trial import TrialState
 
 from droplab import data as D
+from droplab.engine import evaluate, fit, predict_proba
 from droplab.evaluate.robustness import robust_accuracy
 from droplab.models import build_model
 from droplab.runtime import resolve_device, seed_everything
 from droplab.tasks.sweep.config import OBJECTIVE_METRIC, SweepConfig
 from droplab.tasks.sweep.progress import SURPLUS, counted, worker_tag
 from droplab.tasks.sweep.space import setting_key
-from droplab.train import evaluate, fit, predict_proba
 from droplab.uncertainty import expected_calibration_error, negative_log_likelihood
 
 
