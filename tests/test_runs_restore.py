@@ -148,15 +148,6 @@ def test_style_run_from_folder_or_checkpoint_file(runs: dict[str, Path]) -> None
         assert torch.equal(net(x), loaded.model(x))
 
 
-def test_old_shims_still_answer(runs: dict[str, Path]) -> None:
-    from droplab.tasks.finetune import FinetuneNet as OldFinetuneNet
-    from droplab.tasks.style import load_transformer
-
-    assert OldFinetuneNet is FinetuneNet
-    net, _ = load_transformer(runs["style"])
-    assert isinstance(net, TransformerNet)
-
-
 def test_runs_without_a_model_are_refused_in_one_line(runs: dict[str, Path],
                                                       tmp_path: Path) -> None:
     stylize = tmp_path / "stylize"

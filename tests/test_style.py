@@ -24,7 +24,9 @@ from droplab.models.style import (
     style_loss,
     vgg19_weights_path,
 )
-from droplab.tasks.style import load_transformer, mc_mode, parse_style_spec, parse_styles
+from droplab.runs.restore import load_style_net as load_transformer
+from droplab.tasks.style import parse_style_spec, parse_styles
+from droplab.uncertainty import mc_mode
 
 
 @pytest.fixture(autouse=True)
@@ -319,9 +321,10 @@ def test_transformer_net_dropout_placement_and_mc() -> None:
     net = TransformerNet(4, 2, dropout=0.5).eval()
     with torch.no_grad():
         assert torch.equal(net(x), net(x))  # eval: dropout off
-        mc_mode(net)
-        assert not torch.equal(net(x), net(x))  # MC mode: dropout on
-        assert not any(m.training for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d))
+        with mc_mode(net):
+            assert not torch.equal(net(x), net(x))  # MC mode: dropout on
+            assert not any(m.training for m in net.modules()
+                           if isinstance(m, torch.nn.InstanceNorm2d))
 
 
 def test_onnx_export_runs_in_onnxruntime(tmp_path: Path) -> None:

@@ -78,21 +78,24 @@ class TrainingDiverged(UserError):
     """A loss became NaN/inf or exploded; the last good checkpoint is kept."""
 
 
-def check_finite(name: str, value: float, *, epoch: int, step: int, run: RunDir | None,
-                 limit: float | None = None, advice: str = "lower --lr") -> None:
+def check_finite(name: str, value: float, *, step: int, run: RunDir | None,
+                 epoch: int | None = None, limit: float | None = None,
+                 advice: str = "lower --lr") -> None:
     """Raise :class:`TrainingDiverged` when ``value`` is NaN/inf or ``|value| > limit``.
 
-    ``epoch`` (1-based) and ``step`` say where; the message says whether a checkpoint of an
-    earlier epoch is kept in ``run``.
+    ``step`` (and, for epoch loops, the 1-based ``epoch``) say where; the message says
+    which checkpoint of ``run`` is kept (the guard runs before anything is saved).
     """
     if math.isfinite(value) and (limit is None or abs(value) <= limit):
         return
-    if run is not None and epoch - 1 > 0 and run.checkpoint_path.exists():
-        kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}"
-    elif run is not None and run.checkpoint_path.exists():
-        kept = f"the last good checkpoint is kept in {run.path}"
+    has_ckpt = run is not None and run.checkpoint_path.exists()
+    if has_ckpt and epoch is not None and epoch > 1:
+        kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}"  # type: ignore[union-attr]
+    elif has_ckpt:
+        kept = f"the last good checkpoint is kept in {run.path}"  # type: ignore[union-attr]
     else:
         kept = "no checkpoint had been written yet"
+    where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
     what = "is not finite" if not math.isfinite(value) else f"exceeds --max-loss {limit:g}"
-    raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step}: "
-                           f"{name}={value:.4g} {what}; {kept}; {advice}")
+    raise TrainingDiverged(f"training diverged at {where}: {name}={value:.4g} {what}; "
+                           f"{kept}; {advice}")

@@ -35,7 +35,7 @@ from droplab.engine.config import ClassifyDataConfig, RunConfig, TrainConfig
 from droplab.engine.resume import finished_summary, open_run
 from droplab.errors import InvalidValue
 from droplab.layers import KINDS
-from droplab.models.transfer import (  # FinetuneNet and Source re-exported from their new home
+from droplab.models.transfer import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FinetuneNet,
@@ -45,7 +45,7 @@ from droplab.models.transfer import (  # FinetuneNet and Source re-exported from
     backbone_source,
     feature_dim,
 )
-from droplab.runs.restore import finetune_net, load_run
+from droplab.runs.restore import load_run
 from droplab.runtime import resolve_device, seed_everything
 from droplab.uncertainty import expected_calibration_error, negative_log_likelihood
 
@@ -177,11 +177,6 @@ def build(cfg: FinetuneConfig, bundle: D.DatasetBundle) -> tuple[FinetuneNet, So
     return net, src
 
 
-def rebuild(config: dict[str, Any], num_classes: int, in_shape: tuple[int, ...]) -> FinetuneNet:
-    """Moved: :func:`droplab.runs.restore.finetune_net` (kept for existing callers)."""
-    return finetune_net(config, num_classes, in_shape)
-
-
 def _trainable_stages(cfg: FinetuneConfig, n_stages: int, epoch: int) -> int | None:
     """How many backbone stages train during (0-based) ``epoch``; ``None`` = all."""
     if cfg.head.strategy in ("full", "scratch"):
@@ -260,5 +255,5 @@ def run(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "STRATEGIES", "FinetuneConfig", "FinetuneDataConfig",
-           "FinetuneNet", "HeadConfig", "Source", "SourceConfig", "build", "load_source",
-           "parse_weights", "rebuild", "run"]
+           "HeadConfig", "SourceConfig", "build", "load_source",
+           "parse_weights", "run"]

@@ -1,0 +1,54 @@
+"""Neural style transfer: three commands, one module each, on shared pieces.
+
+- :mod:`.stylize` — ``droplab stylize`` (Gatys et al. 2016, optimisation);
+- :mod:`.train` — ``droplab style-train`` (Johnson et al. 2016, a feed-forward network);
+- :mod:`.apply` — ``droplab style-apply`` (a trained network, MC variations, ONNX);
+- :mod:`.colour` — colour preservation (luminance transfer, histogram matching);
+- :mod:`.common` — style specs ``PATH[:WEIGHT]``, encoder and loss-weight options, targets.
+"""
+
+from torch import nn
+
+from droplab.tasks.style.apply import StyleApplyConfig, run_style_apply
+from droplab.tasks.style.colour import luminance, match_histograms, rgb_to_yiq, yiq_to_rgb
+from droplab.tasks.style.common import (
+    EncoderConfig,
+    LossWeights,
+    parse_style_spec,
+    parse_styles,
+    style_targets,
+)
+from droplab.tasks.style.stylize import StylizeConfig, optimize_image, run_stylize
+from droplab.tasks.style.train import StyleNetConfig, StyleTrainConfig, run_style_train
+from droplab.uncertainty import stochastic_modules
+
+
+def mc_mode(net: nn.Module, on: bool = True) -> None:
+    """Transitional, for ``droplab.serve`` until its rewrite lands (then removed): eval mode
+    with :func:`droplab.uncertainty.mc_mode`'s stochastic modules switched on. New code
+    uses ``with droplab.uncertainty.mc_mode(net):``."""
+    net.eval()
+    if on:
+        for m in stochastic_modules(net):
+            m.training = True
+
+__all__ = [
+    "EncoderConfig",
+    "LossWeights",
+    "StyleApplyConfig",
+    "StyleNetConfig",
+    "StyleTrainConfig",
+    "StylizeConfig",
+    "luminance",
+    "match_histograms",
+    "mc_mode",
+    "optimize_image",
+    "parse_style_spec",
+    "parse_styles",
+    "rgb_to_yiq",
+    "run_style_apply",
+    "run_style_train",
+    "run_stylize",
+    "style_targets",
+    "yiq_to_rgb",
+]
