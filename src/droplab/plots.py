@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix
 
-from droplab.runs import atomic_write_bytes
+from droplab.fileio import atomic_write_bytes
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -108,8 +109,6 @@ def confusion_matrix_plot(
     title: str = "Confusion matrix",
 ) -> Path:
     """Rows: true class, columns: predicted class (row-normalised by default)."""
-    from sklearn.metrics import confusion_matrix
-
     k = len(classes)
     cm = confusion_matrix(_np(labels), _np(preds), labels=list(range(k))).astype(np.float64)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm

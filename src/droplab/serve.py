@@ -326,7 +326,7 @@ def stylize_image(upload: Upload, m: StyleModel, samples: int, seed: int,
     right; their masks come from ``seed``.
     """
     from droplab.imageio import encode_image, pil_to_tensor, resize_to
-    from droplab.tasks.style import mc_mode
+    from droplab.uncertainty import mc_mode
 
     img = upload.image
     if max(img.size) > max_side:
@@ -340,11 +340,8 @@ def stylize_image(upload: Upload, m: StyleModel, samples: int, seed: int,
             with _RNG_LOCK, torch.random.fork_rng(
                     devices=[m.device.index or 0] if m.device.type == "cuda" else []):
                 torch.manual_seed(int(seed))
-                try:
-                    mc_mode(m.net, True)
+                with mc_mode(m.net):
                     ys = [m.net(x) for _ in range(samples)]
-                finally:
-                    m.net.eval()
     y = torch.cat([t.clamp(0, 1) for t in ys], dim=-1)
     return encode_image(y, "PNG")
 

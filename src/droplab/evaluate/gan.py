@@ -37,6 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from droplab.errors import InvalidValue, WeightsUnavailable
 from droplab.fileio import weights_only_loads
@@ -76,8 +79,6 @@ def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID between two feature sets ``(N, D)``, computed in float64 by torchmetrics."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     _check_features(real, fake)
     metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
     metric.update(real.double(), real=True)
@@ -98,8 +99,6 @@ def kernel_inception_distance(
     A subset holds ``min(subset_size, N // 2)`` samples of each set (``N`` the smaller set),
     so that subsets differ and the std says how much the estimate moves with the sample.
     """
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     _check_features(real, fake)
     size = max(2, min(subset_size, min(real.shape[0], fake.shape[0]) // 2))
     with warnings.catch_warnings():
@@ -116,8 +115,6 @@ def kernel_inception_distance(
 
 def inception_score(logits: torch.Tensor, *, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """Inception Score ``exp E KL(p(y|x) ‖ p(y))`` from logits ``(N, K)``: mean and std over splits."""
-    from torchmetrics.image.inception import InceptionScore
-
     if logits.ndim != 2 or logits.shape[0] < 2:
         raise InvalidValue(f"inception_score needs logits (N ≥ 2, K), got {tuple(logits.shape)}")
     splits = max(1, min(splits, logits.shape[0] // 2))
@@ -278,6 +275,7 @@ class InceptionFeatures:
         if importlib.util.find_spec("torch_fidelity") is None:
             raise WeightsUnavailable(hint)
         try:
+            # needs the optional torch-fidelity package: imported only when asked for
             from torchmetrics.image.fid import NoTrainInceptionV3
 
             with warnings.catch_warnings(), weights_only_loads():

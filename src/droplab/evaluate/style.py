@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from skimage.metrics import structural_similarity
 
 from droplab.errors import WeightsUnavailable
 from droplab.models.style import (
@@ -43,8 +44,6 @@ def evaluation_encoder(optimised: str, seed: int = 0) -> tuple[Encoder, str]:
 
 def ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Structural similarity of two RGB images (1, 3, H, W) in [0, 1]."""
-    from skimage.metrics import structural_similarity
-
     a = x[0].detach().clamp(0, 1).permute(1, 2, 0).cpu().double().numpy()
     b = ref[0].detach().clamp(0, 1).permute(1, 2, 0).cpu().double().numpy()
     win = min(7, *a.shape[:2])

@@ -23,6 +23,9 @@ Dropout placement (:class:`ModelConfig`):
   when it is element-wise, else standard dropout), e.g. 0.2 as in Srivastava et al.
 
 A rate of 0 inserts no module at all.
+
+Why this module is long: the placement rules above are shared by all five builders (and
+by :class:`ModelConfig`'s checks); one file keeps every rule next to the code applying it.
 """
 
 from __future__ import annotations

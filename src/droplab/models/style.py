@@ -19,6 +19,10 @@
   transfer", SWAG) is an option.
 
 Images enter every network as float tensors in [0, 1].
+
+Why this module is long: the transformer, both encoders, the weight loading and the
+normalised losses are one model family whose parts are tested together; a split would
+leave each piece depending on all the others.
 """
 
 from __future__ import annotations

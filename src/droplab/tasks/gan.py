@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.utils import save_image
 
 from droplab.config import Config, flatten, option, section
 from droplab.data import Loader, load_dataset
@@ -199,8 +200,6 @@ def sample(
 
 def save_grid(images: torch.Tensor, paths: list[Path]) -> None:
     """Write a PNG grid of images in [−1, 1] to each path, atomically."""
-    from torchvision.utils import save_image
-
     buf = io.BytesIO()
     nrow = max(1, int(math.sqrt(images.shape[0])))
     save_image(images, buf, format="png", nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)

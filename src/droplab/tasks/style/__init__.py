@@ -7,8 +7,6 @@
 - :mod:`.common` — style specs ``PATH[:WEIGHT]``, encoder and loss-weight options, targets.
 """
 
-from torch import nn
-
 from droplab.tasks.style.apply import StyleApplyConfig, run_style_apply
 from droplab.tasks.style.colour import luminance, match_histograms, rgb_to_yiq, yiq_to_rgb
 from droplab.tasks.style.common import (
@@ -20,17 +18,6 @@ from droplab.tasks.style.common import (
 )
 from droplab.tasks.style.stylize import StylizeConfig, optimize_image, run_stylize
 from droplab.tasks.style.train import StyleNetConfig, StyleTrainConfig, run_style_train
-from droplab.uncertainty import stochastic_modules
-
-
-def mc_mode(net: nn.Module, on: bool = True) -> None:
-    """Transitional, for ``droplab.serve`` until its rewrite lands (then removed): eval mode
-    with :func:`droplab.uncertainty.mc_mode`'s stochastic modules switched on. New code
-    uses ``with droplab.uncertainty.mc_mode(net):``."""
-    net.eval()
-    if on:
-        for m in stochastic_modules(net):
-            m.training = True
 
 __all__ = [
     "EncoderConfig",
@@ -41,7 +28,6 @@ __all__ = [
     "StylizeConfig",
     "luminance",
     "match_histograms",
-    "mc_mode",
     "optimize_image",
     "parse_style_spec",
     "parse_styles",

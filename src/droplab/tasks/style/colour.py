@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skimage.exposure import match_histograms as _match
 
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114],
                          [0.595716, -0.274453, -0.321263],
@@ -26,8 +27,6 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
 
 def match_histograms(source: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Per-channel histogram matching of ``source`` to ``reference`` (scikit-image)."""
-    from skimage.exposure import match_histograms as _match
-
     s = source[0].permute(1, 2, 0).cpu().numpy()
     r = reference[0].permute(1, 2, 0).cpu().numpy()
     out = _match(s, r, channel_axis=-1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from droplab.config import Config, option, section
 from droplab.engine.config import RunConfig
 from droplab.errors import InvalidValue, UserError
+from droplab.evaluate.style import StyleEvaluator
 from droplab.imageio import (
     is_image_path,
     read_image,
@@ -241,8 +242,6 @@ def _output_paths(out: str | None) -> tuple[Path, Path | None]:
 
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run ``droplab stylize``; returns the summary (also written as JSON in a run folder)."""
-    from droplab.evaluate.style import StyleEvaluator
-
     device = resolve_device(cfg.run.device)
     gen = seed_everything(cfg.run.seed)
     image_path, folder = _output_paths(cfg.run.out)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from droplab.config import Config, option, section
 from droplab.engine.config import RunConfig
@@ -92,8 +93,6 @@ def load_content_folder(folder: str | Path, size: int, max_images: int | None = 
 
     Unreadable files are skipped with one note; a folder with no readable image is an error.
     """
-    from PIL import Image
-
     root = Path(folder)
     if not root.is_dir():
         raise DataNotFound(f"--content-dir {root} is not a folder of images")
