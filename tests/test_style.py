@@ -213,7 +213,7 @@ def test_stylize_options_in_a_run_folder(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_stylize_luminance_keeps_the_content_colours(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
-    from droplab.imageio import read_image
+    from droplab.data.images import read_image
     from droplab.tasks.style import rgb_to_yiq
 
     out = tmp_path / "lum.png"
@@ -295,7 +295,7 @@ def test_style_train_apply_samples_and_resume(tmp_path: Path, content_dir: Path,
     assert y.shape == (36, 40, 3)
     net, _ = load_transformer(run)
     with torch.no_grad():
-        from droplab.imageio import read_image
+        from droplab.data.images import read_image
 
         ref = net(read_image(content_dir / "img0.png")).clamp(0, 1)[0].permute(1, 2, 0)
     assert np.abs(y.astype(int) - (ref.numpy() * 255).round().astype(int)).max() <= 1

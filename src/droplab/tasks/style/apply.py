@@ -13,16 +13,16 @@ import numpy as np
 import torch
 
 from droplab.config import Config, option, section
-from droplab.engine.config import RunConfig
-from droplab.errors import InvalidValue
-from droplab.evaluate.style import diversity
-from droplab.imageio import (
+from droplab.data.images import (
     list_images,
     load_image,
     pil_to_tensor,
     resize_to,
     save_image,
 )
+from droplab.engine.config import RunConfig
+from droplab.errors import InvalidValue
+from droplab.evaluate.style import diversity
 from droplab.models.style import (
     export_onnx,
 )

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from droplab.config import Config, option, section
-from droplab.engine.config import RunConfig
-from droplab.errors import InvalidValue, UserError
-from droplab.evaluate.style import StyleEvaluator
-from droplab.imageio import (
+from droplab.data.images import (
     is_image_path,
     read_image,
     save_image,
 )
+from droplab.engine.config import RunConfig
+from droplab.errors import InvalidValue, UserError
+from droplab.evaluate.style import StyleEvaluator
 from droplab.models.style import (
     Encoder,
     content_loss,

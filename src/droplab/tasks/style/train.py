@@ -16,16 +16,16 @@ import torch
 from PIL import Image
 
 from droplab.config import Config, option, section
-from droplab.engine.config import RunConfig
-from droplab.engine.resume import finished_summary, open_run, resume_point
-from droplab.engine.state import Progress, capture_rng, check_finite, restore_rng
-from droplab.errors import DataNotFound, ImageReadError
-from droplab.imageio import (
+from droplab.data.images import (
     list_images,
     load_image,
     read_image,
     save_image,
 )
+from droplab.engine.config import RunConfig
+from droplab.engine.resume import finished_summary, open_run, resume_point
+from droplab.engine.state import Progress, capture_rng, check_finite, restore_rng
+from droplab.errors import DataNotFound, ImageReadError
 from droplab.models.style import (
     DROPOUT_PLACES,
     TransformerNet,
