@@ -200,7 +200,7 @@ def test_model_field(server) -> None:
 
 def test_stylize(server, runs) -> None:
     from droplab.imageio import pil_to_tensor
-    from droplab.tasks.style import load_transformer
+    from droplab.runs.restore import load_style_net as load_transformer
 
     client, _ = server
     rng = np.random.default_rng(1)
