@@ -257,35 +257,42 @@ def test_out_that_cannot_be_created_is_one_line(
     assert "cannot create /sys/droplab-report" in err
 
 
-def test_bad_runs_give_one_line_errors(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def _bad_runs(t: Path) -> dict[str, list[str]]:
+    (t / "plain").mkdir()
+    (t / "plain" / "notes.txt").write_text("x")
+    (t / "empty").mkdir()
+    (t / "file.txt").write_text("x")
+    RunDir.create(t / "dead", "train").config_path.write_text("{")  # not JSON, and nothing else
+    return {"plain": [str(t / "plain")], "missing": [str(t / "missing")], "none": [],
+            "empty": [str(t / "empty")], "file": [str(t / "file.txt")], "dead": [str(t / "dead")],
+            "dead+missing": [str(t / "dead"), str(t / "missing")]}
+
+
+BAD_RUNS = [
+    ("plain", "is not a droplab run folder"),
+    ("missing", "does not exist"),
+    ("none", "no run folders given"),
+    ("empty", "is an empty folder"),
+    ("file", "is a file, not a run folder"),
+    ("dead", "config.json cannot be read as JSON"),
+    ("dead+missing", "(and 3 more problems)"),
+]
+
+
+@pytest.mark.parametrize(("case", "needle"), BAD_RUNS, ids=[c for c, _ in BAD_RUNS])
+def test_nothing_readable_is_one_line_and_writes_nothing(
+    case: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    not_run = tmp_path / "plain"
-    not_run.mkdir()
-    (not_run / "notes.txt").write_text("x")
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "file.txt").write_text("x")
-    dead = RunDir.create(tmp_path / "dead", "train")  # a config.json that is not JSON, no more
-    dead.config_path.write_text("{")
-    cases = [
-        ([str(not_run)], "is not a droplab run folder"),
-        ([str(tmp_path / "missing")], "does not exist"),
-        ([], "no run folders given"),
-        ([str(tmp_path / "empty")], "is an empty folder"),
-        ([str(tmp_path / "file.txt")], "is a file, not a run folder"),
-        ([str(dead.path)], "config.json cannot be read as JSON"),
-        ([str(dead.path), str(tmp_path / "missing")], "(and 3 more problems)"),
-    ]
-    for args, needle in cases:
-        out = tmp_path / "r.html"
-        rc, stdout, err = report_cli([*args, "--out", str(out)], capsys)
-        assert rc == 2, (args, err)
-        assert stdout == ""
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("droplab report: error: "), err
-        assert needle in lines[0], (needle, err)
-        assert ("nothing to report" in lines[0]) == (args != [])
-        assert not out.exists() and not (tmp_path / "r_files").exists()
+    args = _bad_runs(tmp_path)[case]
+    before = snapshot(tmp_path)
+    rc, stdout, err = report_cli([*args, "--out", str(tmp_path / "r.html")], capsys)
+    assert rc == 2, err
+    assert stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("droplab report: error: "), err
+    assert needle in lines[0], (needle, err)
+    assert ("nothing to report" in lines[0]) == (case != "none")
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.skipif("train" not in MODULES, reason="the train CLI is not registered yet")
@@ -307,3 +314,42 @@ def test_report_of_a_real_digits_training_run(
     page = parse(out)
     assert all(decode_image(i["src"]).width > 0 for i in page.images)
     assert any(t == "test_acc" for t, _ in page.th)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 96 KiB tmpfs (needs the right to mount; skipped without it)."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_page(
+    tiny_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = [make_train_run(tmp_path / "runs", p, 0, evaluation=True) for p in (0.1, 0.3)]
+    previous = tiny_disk / "reports" / "r.html"
+    previous.parent.mkdir()
+    previous.write_text('<html><head><meta name="generator" content="droplab report"></head>'
+                        "<body>the earlier report</body></html>")
+    before = snapshot(tiny_disk)
+    # the new page and its plots (well over 96 KiB) cannot fit
+    rc, out, err = report_cli([*map(str, runs), "--out", str(previous)], capsys)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0], err
+    assert snapshot(tiny_disk) == before  # earlier page intact; no plots, temp files or folders
+    # the same into a new folder on the full disk leaves no folder behind
+    rc, _, err = report_cli([*map(str, runs), "--out", str(tiny_disk / "new" / "deep" / "r.html")],
+                            capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert snapshot(tiny_disk) == before

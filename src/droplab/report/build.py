@@ -10,6 +10,7 @@ plot folder holding someone else's files: a report never overwrites anything els
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,34 @@ def _check_tensorboard(log_dir: str) -> None:
     _check_creatable(path, "--tensorboard folder")
 
 
+def _write(page_path: Path, page: bytes, files_dir: Path, plots: list[tuple[str, bytes]]) -> list[Path]:
+    """The plots, then the page. A failed write (disk full) removes the files this call
+    created, so no half-made report is left; an earlier page stays as it was."""
+    made = [d for d in (files_dir, *files_dir.parents) if not d.exists()]  # deepest first
+    try:
+        files_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DiskWriteError(f"cannot create {files_dir}: {exc.strerror or exc}; choose a writable --out") from None
+    written: list[Path] = []
+    new: list[Path] = []
+    try:
+        for name, png in plots:
+            path = files_dir / name
+            if not path.exists():
+                new.append(path)
+            atomic_write_bytes(path, png)
+            written.append(path)
+        atomic_write_bytes(page_path, page)
+    except DiskWriteError:
+        for path in new:
+            path.unlink(missing_ok=True)
+        for d in made:
+            with suppress(OSError):
+                d.rmdir()
+        raise
+    return written
+
+
 def run(cfg: ReportConfig) -> dict[str, Any]:
     """Build the report; returns the summary printed by ``droplab report --json``.
 
@@ -89,15 +118,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
                           + (f" and {len(records) - 3} more" if len(records) > 3 else ""))
     page = render_page(records, skipped, title)
     data = page.html.encode("utf-8")
-    try:
-        files_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DiskWriteError(f"cannot create {files_dir}: {exc.strerror or exc}; choose a writable --out") from None
-    written = []
-    for plot in page.plots:
-        atomic_write_bytes(files_dir / plot.file, plot.png)
-        written.append(files_dir / plot.file)
-    atomic_write_bytes(page_path, data)
+    written = _write(page_path, data, files_dir, [(p.file, p.png) for p in page.plots])
     tb = [str(d) for d in export_tensorboard(records, cfg.tensorboard)] if cfg.tensorboard else []
     return {
         "task": "report",

@@ -55,6 +55,21 @@ def _grid(n: int, *, cols: int = 3, w: float = 4.2, h: float = 3.0) -> tuple[Fig
     return fig, axes
 
 
+def _dress(ax: Any, *, legend: bool, grid: bool = True) -> None:
+    """Small tick labels, a light grid, and a legend where one helps."""
+    ax.tick_params(labelsize=8)
+    if grid:
+        ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7)
+
+
+def _finish(fig: Figure, title: str, fontsize: int = 10) -> bytes:
+    if title:
+        fig.suptitle(title, fontsize=fontsize)
+    return _png(fig)
+
+
 def _colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
@@ -116,10 +131,7 @@ def plot_learning_curves(records: Sequence[RunRecord], title: str = "") -> bytes
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(" / ".join(sorted({t[5] for t in panels[name]})), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps, trials
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        if not multi and len(panels[name]) > 1:
-            ax.legend(fontsize=7)
+        _dress(ax, legend=not multi and len(panels[name]) > 1)
     if multi:  # one legend: colour = run, line style = split
         handles = [Line2D([], [], color=_colour(i), marker="o", markersize=3, label=r.label)
                    for i, r in enumerate(records)]
@@ -127,9 +139,7 @@ def plot_learning_curves(records: Sequence[RunRecord], title: str = "") -> bytes
         handles += [Line2D([], [], color="0.3", linestyle=_STYLES[pre], label=pre.rstrip("_"))
                     for pre in _PREFIXES if pre in used]
         fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return _png(fig)
+    return _finish(fig, title, 11)
 
 
 def plot_metric_vs_rate(groups: RateGroups) -> bytes | None:
@@ -157,12 +167,8 @@ def plot_metric_vs_rate(groups: RateGroups) -> bytes | None:
                             color=_colour(si))
         ax.set_title(k, fontsize=10)
         ax.set_xlabel("dropout rate p", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        if len(groups) > 1:
-            ax.legend(fontsize=7)
-    fig.suptitle("mean ± std over runs (seeds) at each rate", fontsize=10)
-    return _png(fig)
+        _dress(ax, legend=len(groups) > 1)
+    return _finish(fig, "mean ± std over runs (seeds) at each rate")
 
 
 def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
@@ -209,13 +215,8 @@ def plot_sweep(settings: list[dict[str, Any]], title: str = "") -> bytes | None:
         ax.set_xlabel("dropout rate p" if xkind == "p" else "setting", fontsize=8)
         better = "lower" if lower_is_better(mk) else "higher"
         ax.set_title(f"{metric_title(mk)} (mean ± std, {better} is better)", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _png(fig)
+        _dress(ax, legend=len(series) > 1)
+    return _finish(fig, title)
 
 
 def plot_uncertainty_histograms(arrays: dict[str, list[float]], title: str = "") -> bytes | None:
@@ -238,9 +239,5 @@ def plot_uncertainty_histograms(arrays: dict[str, list[float]], title: str = "")
                         color=_colour(i), label=f"{part} (n={len(v)})" if part else None)
         ax.set_title(base, fontsize=10)
         ax.set_ylabel("density", fontsize=8)
-        ax.tick_params(labelsize=8)
-        if len(parts) > 1:
-            ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _png(fig)
+        _dress(ax, legend=len(parts) > 1, grid=False)
+    return _finish(fig, title)
