@@ -15,6 +15,7 @@ from droplab.report import (
     sweep_settings,
     uncertainty_arrays,
 )
+from droplab.runs import RunDir
 from report_runs import RATES, SEEDS, acc_of, make_train_run
 
 
@@ -53,3 +54,23 @@ def test_sweep_settings_and_uncertainty_arrays_are_found() -> None:
     assert sweep_settings({"test_acc": 0.9, "classes": ["a", "b"]}) is None
     arrays = uncertainty_arrays({"mi": {"entropy": [0.1] * 12}, "acc": 0.5, "labels": [1] * 50})
     assert list(arrays) == ["mi.entropy"]
+
+
+def test_nested_config_sections_group_like_flat_ones(tmp_path: Path) -> None:
+    # config.json of this release nests options by section (data/model/train/run)
+    records = []
+    for p in (0.1, 0.4):
+        for seed in (0, 1):
+            d = RunDir.create(tmp_path / f"r{p}-{seed}", "train")
+            d.write_config({"data": {"dataset": "digits"}, "model": {"name": "mlp", "dropout": p},
+                            "train": {"epochs": 2, "lr": 0.1},
+                            "run": {"seed": seed, "out": str(d.path), "device": "cpu"}},
+                           task="train")
+            d.write_summary({"test_acc": 0.9 - p + 0.01 * seed})
+            records.append(load_run_record(d.path))
+    assert [run_rate(r) for r in records] == [0.1, 0.1, 0.4, 0.4]
+    groups = rate_groups(records)
+    assert list(groups) == ["train"]  # run.seed / run.out / run.device never split a series
+    rows = rate_table(groups)
+    assert [r["n"] for r in rows] == [2, 2]
+    assert rows[1]["test_acc_mean"] == pytest.approx(0.9 - 0.4 + 0.005, abs=1e-12)
