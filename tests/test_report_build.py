@@ -5,8 +5,10 @@ every way ``--out`` / ``--tensorboard`` can be wrong (one line, exit 2, nothing 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -319,8 +321,6 @@ def test_report_of_a_real_digits_training_run(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Any:
     """A 96 KiB tmpfs (needs the right to mount; skipped without it)."""
-    import subprocess
-
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)],
@@ -353,3 +353,20 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_page(
                             capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert snapshot(tiny_disk) == before
+
+
+def test_help_comes_from_the_config_and_usage_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps help lines (also at hyphens)
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(ReportConfig):  # every option's help text, once each
+        help_text = " ".join(f.metadata["droplab.option"].help.split())
+        assert text.count(help_text) == 1, f.name
+    assert "(default report.html)" in text
+    rc, out, err = report_cli(["--bogus"], capsys)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "unrecognized arguments: --bogus" in err

@@ -1,34 +1,19 @@
-"""``droplab report RUN… --out report.html``: one self-contained HTML page of run folders."""
+"""``droplab report RUN… --out report.html``: one self-contained HTML page of run folders.
+
+The options are :class:`droplab.report.ReportConfig`'s fields; this module only adds the
+one thing a terminal needs beyond the summary: each skipped problem once on stderr.
+"""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Mapping
+from typing import Any
 
-from droplab.cli.common import emit, stderr
+from droplab.cli.options import Command, stderr
 from droplab.report import ReportConfig, run
 
 #: Most problems printed on stderr; the page's "Skipped" section lists every one.
 MAX_SKIPPED_LINES = 20
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "report",
-        help="one self-contained HTML page (plots, tables, images) from run folders",
-        description=(
-            "Read run folders (train, evaluate, sweep, finetune, gan, style) and write one "
-            "HTML file with every image embedded, plus its plots as PNGs in <out>_files/. "
-            "A folder of run folders stands for all of them. Whatever cannot be read is "
-            "left out and listed (page, stderr, --json)."
-        ),
-    )
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (or folders of runs)")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
-    p.add_argument("--title", default=None, help="page title (default: the run names)")
-    p.add_argument("--tensorboard", default=None, metavar="DIR",
-                   help="also export the scalars as TensorBoard logs, one sub-folder per run")
-    p.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
-    p.set_defaults(func=handle)
 
 
 def print_skipped(skipped: list[dict[str, str]]) -> None:
@@ -40,15 +25,32 @@ def print_skipped(skipped: list[dict[str, str]]) -> None:
                "(the page's Skipped section lists them all)")
 
 
-def handle(args: argparse.Namespace) -> int:
-    cfg = ReportConfig(runs=list(args.runs), out=args.out, tensorboard=args.tensorboard,
-                       title=args.title)
+def report(cfg: ReportConfig) -> dict[str, Any]:
+    """:func:`droplab.report.run`, then the skipped problems on stderr."""
     summary = run(cfg)
     print_skipped(summary["skipped"])
-    human = (f"report: {summary['path']} ({summary['runs']} runs, {len(summary['plots'])} plots "
-             f"in {summary['files_dir']}, {summary['images_embedded']} images embedded"
-             + (f", {len(summary['skipped'])} problems skipped" if summary["skipped"] else "") + ")")
-    if summary["tensorboard"]:
-        human += f"\ntensorboard: {args.tensorboard}"
-    emit(summary, args, human)
-    return 0
+    return summary
+
+
+def _human(s: Mapping[str, Any]) -> str:
+    text = (f"report: {s['path']} ({s['runs']} runs, {len(s['plots'])} plots in "
+            f"{s['files_dir']}, {s['images_embedded']} images embedded"
+            + (f", {len(s['skipped'])} problems skipped" if s["skipped"] else "") + ")")
+    if s["tensorboard"]:
+        text += "\ntensorboard: " + ", ".join(s["tensorboard"])
+    return text
+
+
+REPORT = Command(
+    "report", ReportConfig, report, human=_human,
+    help="one self-contained HTML page (plots, tables, images) from run folders",
+    description="Read run folders (train, evaluate, sweep, finetune, gan, style) and write one "
+    "HTML file with every image embedded, plus its plots as PNGs in <out>_files/. A folder "
+    "of run folders stands for all of them. Whatever cannot be read is left out and listed "
+    "once (in the page's Skipped section, on stderr and in --json); only a report where "
+    "nothing is readable fails. An --out that exists and is not a droplab report is refused.",
+)
+
+
+def register(subparsers: Any) -> None:
+    REPORT.register(subparsers)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from droplab.config import Config, option
 from droplab.errors import InvalidValue
 from droplab.report.collect import is_report_page, read_runs
 from droplab.report.render import render_page
@@ -23,13 +24,17 @@ from droplab.runs import DiskWriteError, atomic_write_bytes
 
 
 @dataclass
-class ReportConfig:
-    """Options of ``droplab report``."""
+class ReportConfig(Config):
+    """Options of ``droplab report`` (the command line is generated from these fields)."""
 
-    runs: list[str]
-    out: str = "report.html"
-    tensorboard: str | None = None
-    title: str | None = None
+    runs: list[str] = option(factory=list, positional=True, nargs="*", metavar="RUN",
+                             help="run folders, or folders of run folders")
+    out: str = option("report.html", metavar="FILE.html",
+                      help="the page to write; its plots go to FILE_files/ beside it")
+    title: str | None = option(None, help="page title (default: the run names)")
+    tensorboard: str | None = option(None, metavar="DIR",
+                                     help="also export the scalars as TensorBoard logs, "
+                                     "one sub-folder per run")
 
 
 def _check_creatable(path: Path, what: str) -> None:
