@@ -75,6 +75,12 @@ def test_oversized_and_vanished_files_are_refused(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(I, "MAX_IMAGE_BYTES", 100)
     got = read_embeddable(path, "big.png")
     assert isinstance(got, Skipped) and "over the" in got.reason
+    monkeypatch.setattr(I, "MAX_IMAGE_BYTES", 2**20)
+    monkeypatch.setattr(I, "MAX_PIXELS", 64 * 64 - 1)  # refused from the header, one pixel over
+    got = read_embeddable(path, "big.png")
+    assert isinstance(got, Skipped) and got.kind == "broken image"
+    monkeypatch.setattr(I, "MAX_PIXELS", 64 * 64)
+    assert isinstance(read_embeddable(path, "big.png"), Embedded)
     got = read_embeddable(tmp_path / "gone.png", "gone.png")
     assert isinstance(got, Skipped) and got.kind == "missing file"
 

@@ -1,9 +1,10 @@
 """The images of a run folder as the page shows them: sequences, a gallery, each one checked.
 
 The page embeds an image's own bytes as a ``data:`` URI, so an image is shown only when
-its bytes are a PNG, JPEG, GIF or WebP file (by signature, not by file name) that the
-project's image decoder reads completely; anything else — a truncated PNG, a text file
-named ``.jpg``, a decompression bomb, a dangling link — is left out and noted once.
+its bytes are a PNG, JPEG, GIF or WebP file (by signature, not by file name) of at most
+:data:`MAX_PIXELS` pixels that the project's one image decoder reads completely; anything
+else — a truncated PNG, a text file named ``.jpg``, a decompression bomb, a dangling link
+— is left out and noted once.
 
 Numbered files (``samples_epoch_003.png``, ``step-00100.png``) form sequences shown as a
 timeline, thinned to :data:`MAX_FRAMES` evenly spaced frames that keep the first and the
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from droplab.data.decode import decode_image
 from droplab.errors import UserError
-from droplab.imageio import load_image
 from droplab.report.skipped import Skipped
 
 #: File suffixes looked at, and the MIME type each one is expected to hold.
@@ -32,6 +33,8 @@ MAX_IMAGES = 48
 MAX_FRAMES = 10
 #: Largest image file embedded (the page carries it base64-encoded).
 MAX_IMAGE_BYTES = 16 * 2**20
+#: Most pixels an embedded image may declare (refused before decoding above this).
+MAX_PIXELS = 40_000_000
 
 _SEQ = re.compile(r"^(?P<stem>.*?)[_-]?(?P<unit>epoch|step|iter|it|e)[_-]?(?P<n>\d+)$", re.I)
 
@@ -76,14 +79,15 @@ def sniff_mime(data: bytes) -> str | None:
     return None
 
 
-def decode_problem(path: Path) -> str | None:
-    """Why the project's image decoder cannot read ``path`` completely, or ``None``.
+def decode_problem(data: bytes, path: Path) -> str | None:
+    """Why the project's one image decoder (:func:`droplab.data.decode.decode_image`) cannot
+    read ``data`` completely, or ``None``.
 
-    The one call into the decoder (header and pixel cap checked before decoding,
-    truncation refused), so the report trusts exactly what datasets and serve trust.
+    The header and :data:`MAX_PIXELS` are checked before any pixel is decoded, truncation is
+    refused, so the report trusts exactly what datasets and serve trust.
     """
     try:
-        load_image(path, max_pixels=None)
+        decode_image(data, max_pixels=MAX_PIXELS, channels="auto", name=str(path))
     except UserError as exc:
         text = str(exc)
         return text.removeprefix(str(path)).lstrip(" :") or text
@@ -106,7 +110,7 @@ def read_embeddable(path: Path, name: str) -> Embedded | Skipped:
     mime = sniff_mime(data)
     if mime is None:
         return Skipped(str(path), "broken image", "is not a PNG, JPEG, GIF or WebP file")
-    problem = decode_problem(path)
+    problem = decode_problem(data, path)
     if problem is not None:
         return Skipped(str(path), "broken image", problem)
     return Embedded(name, data, mime)
