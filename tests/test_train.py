@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab.engine import OnEpochEnd, TrainConfig, evaluate, fit, predict_proba
+from droplab.engine import Callback, OnEpochEnd, TrainConfig, evaluate, fit, predict_proba
 from droplab.errors import InvalidValue, ResumeError, UnknownName, UserError
 from droplab.runs import RunDir
 
@@ -249,3 +249,82 @@ def test_concrete_dropout_regulariser_is_added() -> None:
                           ConcreteDropout(0.1, nn.Linear(32, 3), dropout_regularizer=1.0))
     res = fit(model, tr, va, TrainConfig(epochs=2, lr=0.05), device="cpu")
     assert model[2].p > 0.3 and res["train_loss"] > 0
+
+
+class Poisoned(nn.Module):
+    """The MLP, whose output turns NaN from the ``at``-th forward pass in training."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.net, self.at, self.calls = mlp(), at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.at:
+                out = out * float("nan")
+        return out
+
+
+def test_nan_loss_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    from droplab.engine import TrainingDiverged
+
+    run = RunDir.create(tmp_path / "r", "t")
+    tr, va = loaders()  # 15 batches per epoch: the loss turns NaN in epoch 2
+    with pytest.raises(TrainingDiverged) as err:
+        fit(Poisoned(at=20), tr, va, TrainConfig(epochs=3), device="cpu", run=run)
+    msg = str(err.value)
+    assert "\n" not in msg and "epoch 2, step 30" in msg and "train_loss=nan" in msg
+    assert "last good checkpoint (epoch 1)" in msg
+    ck = run.load_checkpoint()
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert [r["epoch"] for r in run.read_metrics()] == [1]  # the NaN epoch is not logged
+
+
+def test_resume_without_a_checkpoint_starts_over_and_empties_the_log(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "r", "t")
+    run.log({"epoch": 1, "step": 15, "train_loss": 9.0})  # left by a run killed before saving
+    run.log({"epoch": 2, "step": 30, "train_loss": 9.0})
+    tr, va = loaders()
+    fit(mlp(), tr, va, TrainConfig(epochs=1), device="cpu", run=run, resume=True)
+    recs = run.read_metrics()
+    assert [r["epoch"] for r in recs] == [1] and recs[0]["train_loss"] < 9.0
+
+
+class Counter(Callback):
+    """Counts batches; its count must survive a kill and resume through the checkpoint."""
+
+    name = "counter"
+
+    def __init__(self) -> None:
+        self.batches, self.starts = 0, []
+
+    def on_epoch_start(self, loop, epoch: int) -> None:
+        self.starts.append(epoch)
+
+    def on_batch_end(self, loop) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = state["batches"]
+
+
+def test_callback_state_survives_a_mid_epoch_resume(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=2, checkpoint_every=4)
+    run = RunDir.create(tmp_path / "r", "t")
+    tr, va = loaders(InterruptingLoader, stop_at=(1, 10))
+    first = Counter()
+    with pytest.raises(KeyboardInterrupt):
+        fit(mlp(), tr, va, cfg, device="cpu", run=run, callbacks=[first])
+    assert first.batches == 25 and run.load_checkpoint()["callbacks"]["counter"] == {"batches": 24}
+    again = Counter()
+    tr, va = loaders()
+    res = fit(mlp(), tr, va, cfg, device="cpu", run=run, resume=True, callbacks=[again])
+    # 24 counted before the checkpoint, then batches 9..14 of epoch 2 (index 1): 30 in all
+    assert again.batches == 30 == res["steps"] and again.starts == [1]
+    with pytest.raises(ValueError, match="share the checkpoint name"):
+        fit(mlp(), tr, va, cfg, device="cpu", callbacks=[Counter(), Counter()])

@@ -18,7 +18,8 @@ A callback's ``state_dict()`` is stored in the checkpoint under its ``name`` and
 to ``load_state_dict`` on ``--resume``, so stateful pieces (a dropout schedule) continue
 exactly. The loop's own options map to the built-in callbacks (:func:`standard_callbacks`):
 dropout schedule, max-norm, Concrete-dropout regulariser, NaN guard, the metrics log,
-TensorBoard and checkpointing; tasks add their own (gradual unfreezing, pruning reports).
+TensorBoard; tasks add their own (gradual unfreezing, pruning reports); the checkpoint runs
+last, so it saves every other callback's state as of the same step.
 
 References: Srivastava et al. 2014 (max-norm), Gal et al. 2017 (Concrete dropout),
 Howard & Ruder 2018 (gradual unfreezing).
@@ -230,8 +231,8 @@ class GradualUnfreezing(Callback):
 
 
 class OnEpochEnd(Callback):
-    """Call ``fn(record)`` after each epoch's checkpoint; it may raise to stop the run (a
-    sweep raises ``optuna.TrialPruned`` here to report and prune)."""
+    """Call ``fn(record)`` after each epoch (before its checkpoint); it may raise to stop the
+    run (a sweep raises ``optuna.TrialPruned`` here to report and prune)."""
 
     name = "on_epoch_end"
 
@@ -244,7 +245,9 @@ class OnEpochEnd(Callback):
 
 def standard_callbacks(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
                        run: RunDir | None) -> list[Callback]:
-    """The callbacks the loop's options ask for, in the order they must run."""
+    """The callbacks the loop's options ask for, in the order they must run. The
+    :class:`Checkpoint` is not among them: :func:`~droplab.engine.fit` runs it after every
+    other callback, so the state it saves includes theirs for the same step."""
     out: list[Callback] = []
     if cfg.dropout_schedule:
         out.append(DropoutSchedule(model, cfg.dropout_schedule, cfg.epochs * steps_per_epoch,
@@ -258,7 +261,6 @@ def standard_callbacks(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
         out.append(MetricsLog(run))
         if cfg.tensorboard:
             out.append(TensorBoard(run))
-        out.append(Checkpoint(run, cfg.checkpoint_every))
     return out
 
 

@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from droplab.engine.callbacks import Callback, check_names, current_dropout_p, standard_callbacks
+from droplab.engine.callbacks import (
+    Callback,
+    Checkpoint,
+    check_names,
+    current_dropout_p,
+    standard_callbacks,
+)
 from droplab.engine.config import TrainConfig
 from droplab.engine.distributed import all_reduce_sum, rank_world, unwrap
 from droplab.engine.optim import amp_settings, autocast, make_lr_scheduler, make_optimizer
@@ -309,7 +315,8 @@ def fit(
     train_loss, train_acc, val_loss, val_acc, lr, dropout_p, time_s, images_per_s``; ``lr``
     is the rate the epoch's last step used, ``time_s`` the cumulative training time) and
     ``checkpoint.pt``, whose ``meta`` adds ``meta`` (e.g. classes and input shape).
-    ``callbacks`` run after the standard ones (:func:`standard_callbacks`).
+    ``callbacks`` run after the standard ones (:func:`standard_callbacks`) and before the
+    checkpoint.
 
     Returns ``epochs, steps, train_loss, train_acc, val_loss, val_acc, best_val_acc,
     best_epoch, time_s, images_per_s``.
@@ -323,8 +330,9 @@ def fit(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    saver = [Checkpoint(writer, cfg.checkpoint_every)] if writer is not None else []
     loop = Loop(model, cfg, device, steps,
-                [*standard_callbacks(model, cfg, steps, writer), *callbacks],
+                [*standard_callbacks(model, cfg, steps, writer), *callbacks, *saver],
                 run=writer, meta=dict(meta or {}))
 
     ckpt = resume_point(run, device, truncate=writer is not None) if resume and run else None
