@@ -269,6 +269,12 @@ def test_style_train_apply_samples_and_resume(tmp_path: Path, content_dir: Path,
     assert s["images"] == 4 and "skipped 1 unreadable" in err
     assert (run / "checkpoint.pt").exists() and (run / "sample.png").exists()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
+    # resuming the finished run from its folder alone returns its summary, touching nothing
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    code, again, _ = run_cli(["style-train", "--out", str(run), "--resume"], capsys)
+    assert code == 0 and again == s
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()
+            if p.is_file()} == files
 
     # the same run in two halves (interrupted after the step-3 checkpoint) is bit-identical
     half = tmp_path / "half"

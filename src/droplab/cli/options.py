@@ -67,8 +67,8 @@ def add_config_options(parser: argparse.ArgumentParser, config: type[Config]) ->
         if _is_bool(leaf.type):
             kwargs.pop("metavar", None)
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif opt.required:
-            kwargs["required"] = True
+        elif opt.required:  # checked by the config, so that --resume needs none of them
+            kwargs["help"] += " (required for a new run)"
         group.add_argument(leaf.flag, **kwargs)
 
 
