@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,98 @@ from droplab.runs import DiskWriteError, RunDir, atomic_write_json, to_jsonable
 def test_create_refuses_existing_run_and_resume_requires_config(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "a", task="train")
     run.write_config({"lr": 0.1}, task="train")
-    with pytest.raises(UserError, match="already holds a run"):
+    run.log({"epoch": 1})
+    before = {p.name: p.read_bytes() for p in run.path.iterdir()}
+    with pytest.raises(UserError, match="already holds a run; pass --resume") as info:
         RunDir.create(tmp_path / "a", task="train")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="choose a new --out folder"):
+        RunDir.create(tmp_path / "a", task="style-apply", resumable=False)
+    assert {p.name: p.read_bytes() for p in run.path.iterdir()} == before  # untouched
     assert RunDir.create(tmp_path / "a", task="train", resume=True).read_config() == {
         "task": "train",
         "lr": 0.1,
     }
-    with pytest.raises(DataNotFound, match=r"no config\.json"):
+    with pytest.raises(DataNotFound, match="does not exist"):
         RunDir.create(tmp_path / "b", task="train", resume=True)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataNotFound, match=r"holds no run \(no config\.json\)"):
+        RunDir.create(tmp_path / "c", task="train", resume=True)
+
+
+@pytest.mark.parametrize("result", ["metrics.jsonl", "checkpoint.pt", "summary.json"])
+def test_each_result_file_makes_a_folder_a_run(tmp_path: Path, result: str) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / result).write_text("x")
+    with pytest.raises(UserError, match="already holds a run"):
+        RunDir.create(tmp_path / "r", task="train")
+
+
+def test_rejected_start_does_not_block_the_corrected_command(tmp_path: Path) -> None:
+    """A start that failed after writing config.json (a bad dataset, say) left only that."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"task": "train", "dataset": "typo"}))
+    (out / ".config.json.abc.tmp").write_text("{")  # a write cut short
+    run = RunDir.create(out, task="train")
+    run.write_config({"dataset": "digits"}, task="train")
+    assert run.read_config()["dataset"] == "digits"
+    # a folder of someone's files that is not a run is not refused either
+    pics = tmp_path / "pictures"
+    pics.mkdir()
+    (pics / "cat.png").write_bytes(b"png")
+    RunDir.create(pics, task="style-apply", resumable=False)
+    assert (pics / "cat.png").read_bytes() == b"png"
+
+
+def test_rejected_start_is_cleaned_at_exit(tmp_path: Path) -> None:
+    """In a real process: the folder made for a run that produced nothing is removed."""
+    script = (
+        "import sys; from droplab.runs import RunDir\n"
+        f"a = RunDir.create({str(tmp_path / 'new')!r}, task='train')\n"
+        "a.write_config({'x': 1}, task='train')\n"
+        f"b = RunDir.create({str(tmp_path / 'kept')!r}, task='train')\n"
+        "b.write_config({'x': 1}, task='train'); b.log({'epoch': 1})\n"
+        f"c = RunDir.create({str(tmp_path / 'given')!r}, task='train')\n"
+        "c.write_config({'x': 1}, task='train')\n"
+        "sys.exit(2)\n"
+    )
+    (tmp_path / "given").mkdir()
+    (tmp_path / "given" / "notes.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=_env())
+    assert proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["config.json",
+                                                                   "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "given").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("case", ["file", "under-file", "read-only"])
+def test_output_path_problems_are_one_line_before_anything_is_written(
+        tmp_path: Path, case: str) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("data")
+    if case == "file":
+        out, expect = blocker, "is a file, not a folder"
+    elif case == "under-file":
+        out, expect = blocker / "run", "is a file"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root can write anywhere")
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        out, expect = ro / "run", "not writable"
+    with pytest.raises(UserError, match=expect) as info:
+        RunDir.create(out, task="train")
+    assert "\n" not in str(info.value)
+    assert blocker.read_text() == "data"
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", src)}
 
 
 def test_default_run_dir_is_unique(tmp_path: Path) -> None:

@@ -311,8 +311,15 @@ def test_style_train_apply_samples_and_resume(tmp_path: Path, content_dir: Path,
                           "--samples", "3", "--out", str(tmp_path / "mc")], capsys)
     assert code == 0 and len(s["outputs"]) == 3 and s["diversity"] > 0
     # a file that is not an image is one clean line
-    code = main(["style-apply", str(run), str(content_dir / "broken.jpg"), "--out", str(out)])
+    code = main(["style-apply", str(run), str(content_dir / "broken.jpg"), "--out",
+                 str(tmp_path / "bad")])
     assert code == 2 and "not an image" in capsys.readouterr().err
+    # --out naming another run (here the first style-apply, or the model itself) is refused
+    before = (out / "summary.json").read_bytes()
+    for taken in (out, run):
+        code = main(["style-apply", str(run), str(content_dir / "img1.png"), "--out", str(taken)])
+        assert code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
 
 
 def test_transformer_net_dropout_placement_and_mc() -> None:

@@ -16,18 +16,21 @@ place of a good one; checkpoints are read without running code
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import json
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from droplab.errors import DataNotFound, UserError
-from droplab.fileio import atomic_open, atomic_write_json, to_jsonable
+from droplab.fileio import DiskWriteError, atomic_open, atomic_write_json, to_jsonable
 from droplab.runs.checkpoint import RESUME_ADVICE, load_checkpoint, save_checkpoint
+from droplab.runs.lock import LOCK, RunLock
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -46,6 +49,52 @@ def default_run_dir(task: str, root: str | Path = "runs") -> Path:
     return path
 
 
+_RUN_FILES = frozenset({CONFIG, METRICS, CHECKPOINT, SUMMARY})
+
+
+def _scratch(name: str) -> bool:
+    """The lock and temporary files of atomic writes: never results."""
+    return name == LOCK or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_folder_path(path: Path) -> None:
+    """One-line error when ``path`` cannot be a folder: it is a file, or lies under one."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a folder; pass a folder for the run")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {path} cannot be created: {parent} is a file; pass "
+                                "a folder path")
+            if not os.access(parent, os.W_OK | os.X_OK) and not path.exists():
+                raise UserError(f"--out {path} cannot be created: {parent} is not writable; "
+                                "choose a folder you can write to")
+            return
+
+
+#: new runs started by this process: (run, folder made here, names it held before)
+_NEW_RUNS: list[tuple[RunDir, bool, frozenset[str]]] = []
+
+
+def _listing(path: Path) -> frozenset[str]:
+    return frozenset(p.name for p in path.iterdir() if not _scratch(p.name))
+
+
+def _remove_rejected_starts() -> None:
+    """At exit: a new run that produced nothing but its config.json loses it (and its
+    folder, if this process made it and it is now empty): no dead-end folder is left."""
+    for run, created, before in _NEW_RUNS:
+        with suppress(OSError):
+            now = _listing(run.path)
+            if run._lock is None or (now - before) - {CONFIG} or now & (_RUN_FILES - {CONFIG}):
+                continue
+            run.config_path.unlink(missing_ok=True)
+            run.close()
+            if created and not any(run.path.iterdir()):
+                run.path.rmdir()
+    _NEW_RUNS.clear()
+
+
 class RunDir:
     """A run folder: config, metrics log, checkpoint and summary.
 
@@ -55,29 +104,75 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: RunLock | None = None
 
     # -- creation -----------------------------------------------------------------------
     @classmethod
-    def create(cls, out: str | Path | None, task: str, *, resume: bool = False) -> RunDir:
-        """Make (or, with ``resume``, reopen) a run folder.
+    def create(cls, out: str | Path | None, task: str, *, resume: bool = False,
+               resumable: bool = True) -> RunDir:
+        """Make (or, with ``resume``, reopen) a run folder and hold its lock.
 
-        A new run refuses a folder that already holds a run, so nothing is overwritten;
-        ``resume`` requires a folder with a ``config.json``.
+        - The path is checked first: a file, a folder under a file or one that cannot be
+          made is a one-line error, before anything is written.
+        - A new run refuses a folder that holds another run (its config, metrics,
+          checkpoint or summary plus anything it produced), so nothing is overwritten; the
+          advice depends on ``resumable`` (``--resume`` exists for the command or not).
+        - A folder holding only what a rejected start left (``config.json``, a stale lock)
+          is taken over, and such leftovers of this process's own rejected start are
+          removed when the process exits.
+        - ``resume`` requires a folder with a ``config.json``.
+        - One writer at a time: the folder's ``.lock`` (:mod:`droplab.runs.lock`) is held
+          until the process exits (or :meth:`close`); a second writer gets a one-line
+          :class:`~droplab.runs.lock.RunLocked`.
         """
         path = Path(out) if out else default_run_dir(task)
+        check_folder_path(path)
         run = cls(path)
         if resume:
+            if not path.is_dir():
+                raise DataNotFound(f"cannot resume: {path} does not exist; pass the --out "
+                                   "folder of an earlier run")
+            run._lock = RunLock.acquire(path)
             if not run.config_path.exists():
                 raise DataNotFound(
-                    f"cannot resume: {path} has no {CONFIG}; pass the folder of an earlier run"
+                    f"cannot resume: {path} holds no run (no {CONFIG}); start it without "
+                    "--resume or pass the folder of an earlier run"
                 )
             return run
-        if run.config_path.exists():
-            raise UserError(
-                f"{path} already holds a run; pass --resume to continue it or a new --out folder"
-            )
-        path.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the run folder {path} ({exc.strerror}); choose a "
+                            "folder you can write to") from None
+        run._lock = RunLock.acquire(path)
+        if run.holds_run():
+            run.close()
+            advice = ("pass --resume to continue it or a new --out folder" if resumable
+                      else "choose a new --out folder")
+            raise UserError(f"{path} already holds a run; {advice} (nothing was changed)")
+        _NEW_RUNS.append((run, created, _listing(path)))
         return run
+
+    def holds_run(self) -> bool:
+        """True when the folder holds a run's results, i.e. more than a rejected start
+        leaves (``config.json``, the lock, temporary files)."""
+        if not self.path.is_dir():
+            return False
+        names = _listing(self.path)
+        return bool(names & _RUN_FILES) and bool(names - {CONFIG})
+
+    def close(self) -> None:
+        """Release the folder's lock now (it is released at exit otherwise)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -133,11 +228,21 @@ class RunDir:
     # -- metrics --------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` (flushed and fsynced)."""
-        line = json.dumps(to_jsonable(record), allow_nan=True) + "\n"
-        with open(self.metrics_path, "a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = (json.dumps(to_jsonable(record), allow_nan=True) + "\n").encode()
+        try:
+            with open(self.metrics_path, "ab") as fh:
+                size = fh.tell()
+                try:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError:
+                    with suppress(OSError):  # never leave half a line behind
+                        fh.truncate(size)
+                    raise
+        except OSError as exc:
+            raise DiskWriteError(f"could not append to {self.metrics_path}: "
+                                 f"{exc.strerror or exc}; the lines before are intact") from None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -181,3 +286,6 @@ class RunDir:
         if not path.exists():
             return None
         return load_checkpoint(path, map_location, advice=advice)
+
+
+atexit.register(_remove_rejected_starts)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from droplab.evaluate.style import diversity
 from droplab.models.style import (
     export_onnx,
 )
-from droplab.runs import atomic_write_json, default_run_dir
+from droplab.runs import RunDir
 from droplab.runs.restore import load_style_net
 from droplab.runtime import progress, resolve_device, seed_everything
 from droplab.uncertainty import mc_mode
@@ -72,8 +71,9 @@ def run_style_apply(cfg: StyleApplyConfig) -> dict[str, Any]:
     if not cfg.inputs:
         return summary
     paths = list_images(cfg.inputs)
-    out = Path(cfg.run.out) if cfg.run.out else default_run_dir("style-apply")
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir.create(cfg.run.out, "style-apply", resumable=False)  # refuses another run
+    run.write_config(cfg, task="style-apply")
+    out = run.path
     used: set[str] = set()
     divs, t_total = [], 0.0
     for p in progress(paths, desc="style-apply"):
@@ -104,5 +104,5 @@ def run_style_apply(cfg: StyleApplyConfig) -> dict[str, Any]:
                     "seconds_per_image": t_total / len(paths)})
     if divs:
         summary["diversity"] = float(np.mean(divs))
-    atomic_write_json(out / "summary.json", summary)
+    run.write_summary(summary)
     return summary

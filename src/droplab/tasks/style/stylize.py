@@ -290,7 +290,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
 
     run = None
     if folder is not None:
-        run = RunDir.create(folder, "stylize")
+        run = RunDir.create(folder, "stylize", resumable=False)
         run.write_config(cfg, task="stylize")
 
     # losses of the content image itself and of the start image, at full size
