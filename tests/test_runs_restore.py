@@ -178,3 +178,24 @@ def test_runs_without_a_model_are_refused_in_one_line(runs: dict[str, Path],
         load_run(cut)
     msg = str(info.value)
     assert "\n" not in msg and "cannot be read" in msg and "delete" not in msg
+
+
+def test_gan_restores_from_nested_config_json_alone(runs: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """Architecture options may live only in config.json's sections (droplab.config)."""
+    copy = tmp_path / "gan"
+    shutil.copytree(runs["gan"], copy)
+    run = RunDir(copy)
+    ckpt = run.load_checkpoint()
+    assert ckpt is not None
+    flat = ckpt.pop("config")
+    run.save_checkpoint(ckpt)
+    nested = {"task": "gan", "model": {"z_dim": flat["z_dim"], "width": flat["width"],
+                                       "loss": flat["loss"], "spectral_norm": False},
+              "dropout": {"d_dropout": flat["d_dropout"], "g_dropout": flat["g_dropout"]},
+              "train": {"ema": flat["ema"]}}
+    (copy / "config.json").write_text(json.dumps(nested))
+    loaded = load_run(copy)
+    for key in ("g", "d", "g_ema"):
+        _same_tensors(loaded.nets[key], _weights(runs["gan"], key))
+    assert loaded.model is loaded.nets["g_ema"]

@@ -180,7 +180,7 @@ def finetune_net(config: dict[str, Any], num_classes: int, in_shape: tuple[int, 
 
 
 def _gan(run: RunDir, config: dict[str, Any], ckpt: dict[str, Any]) -> LoadedRun:
-    stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else config
+    stored = flatten(ckpt["config"] if isinstance(ckpt.get("config"), dict) else config)
     shape = ckpt.get("shape")
     if shape is None or not all(k in ckpt for k in ("g", "d")):
         raise UserError(f"{run.path / CHECKPOINT} is not a gan checkpoint (it lacks the "
