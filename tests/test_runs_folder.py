@@ -187,3 +187,27 @@ def test_open_rejects_non_run(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(DataNotFound, match="not a droplab run folder"):
         RunDir.open(tmp_path / "plain")
+
+
+def test_stored_paths_follow_a_moved_folder(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "a", task="sweep")
+    inside, outside = run.path / "study" / "db.sqlite", tmp_path / "shared.db"
+    assert run.record_path(inside) == "study/db.sqlite"
+    assert run.record_path(outside) == str(outside.resolve())
+    run.close()
+    moved = RunDir(tmp_path / "b")
+    (tmp_path / "a").rename(moved.path)
+    assert moved.resolve_path("study/db.sqlite") == (moved.path / "study/db.sqlite").resolve()
+    assert moved.resolve_path(outside) == outside
+    # an old config.json with an absolute path inside the folder it was created in
+    old = str((tmp_path / "a" / "study" / "db.sqlite").resolve())
+    assert moved.resolve_path(old, stored_out=tmp_path / "a") == (
+        moved.path / "study" / "db.sqlite").resolve()
+
+
+def test_results_get_umask_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
+    script = ("import os; os.umask(0o027)\n"
+              "from droplab.fileio import atomic_write_json\n"
+              f"atomic_write_json({str(tmp_path / 's.json')!r}, {{'a': 1}})\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env=_env())
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o640

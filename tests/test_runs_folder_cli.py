@@ -6,6 +6,9 @@ output paths that cannot be folders are one line (issue 14, items 3, 6 and 8).
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from PIL import Image
 
 from droplab.cli import main
+from droplab.runs import RunDir
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -101,3 +105,49 @@ def test_out_that_cannot_be_a_folder_is_one_line(where: str, tmp_path: Path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "is a file" in err[0]
     assert blocker.read_text() == "keep me"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1.7 MB tmpfs (where ``mount`` is allowed): room for one LeNet checkpoint, not two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1700k", "tmpfs", str(disk)],
+            capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_full_disk_inside_torch_save_is_one_line_and_keeps_the_checkpoint(
+        tiny_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny_disk / "run"
+    capsys.readouterr()
+    code = main(["train", "--dataset", "digits", "--limit", "10", "--model", "lenet",
+                 "--epochs", "3", "--out", str(out), "--device", "cpu"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert "No space left on device" in err[0] and "intact" in err[0]
+    ckpt = RunDir(out).load_checkpoint()  # epoch 1's checkpoint survived, and reads
+    assert ckpt is not None and ckpt["epoch"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert all(line.endswith("}") for line in (out / "metrics.jsonl").read_text().splitlines())
+
+
+def test_onnx_under_a_file_is_one_line(content: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnx")
+    model = tmp_path / "style"
+    assert main(["style-train", "--style", "coffee", "--content-dir", str(content), "--steps",
+                 "1", "--image-size", "32", "--encoder", "random", "--width", "4",
+                 "--n-residual", "1", "--out", str(model), "--device", "cpu"]) == 0
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    capsys.readouterr()
+    assert main(["style-apply", str(model), "--onnx", str(blocker / "net.onnx"),
+                 "--device", "cpu"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "is a file" in err[0] and blocker.read_text() == "keep me"

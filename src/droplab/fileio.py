@@ -21,21 +21,25 @@ without importing the run-folder layer.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import math
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, redirect_stdout, suppress
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from droplab.errors import UserError
+
+#: the process umask, read once (os.umask can only be read by setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class DiskWriteError(UserError, OSError):
@@ -92,6 +96,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with suppress(OSError):  # mkstemp makes 0600; results get the usual permissions
+            os.fchmod(fd, 0o666 & ~_UMASK)
     except OSError as exc:
         raise DiskWriteError(
             f"could not write {path}: {exc.strerror or exc}; choose another location"
@@ -133,26 +139,45 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file and rename (see :func:`atomic_open`).
 
-    PyTorch's zip writer reports a failed ``write`` (a full disk) as a ``RuntimeError``
-    ("... failed writing file ...") rather than an ``OSError``; that too becomes a
-    one-line :class:`DiskWriteError` and the previous file stays in place.
+    PyTorch's zip writer turns a failed ``write`` (a full disk) into a ``RuntimeError``
+    ("unexpected pos …", "… failed writing …"); the file object handed to it records the
+    underlying ``OSError``, which then becomes the usual one-line :class:`DiskWriteError`
+    with the previous file left in place. A ``RuntimeError`` with no I/O error behind it
+    is a bug and propagates.
     """
     with atomic_open(path, "wb") as fh:
+        writer = _RecordingWriter(fh)
         try:
-            torch.save(obj, fh)
-        except RuntimeError as exc:
-            if "writ" not in str(exc).lower():  # not an I/O failure: a bug
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
                 raise
-            raise OSError(errno.EIO, _write_failure(fh)) from None
+            raise writer.error from None
 
 
-def _write_failure(fh: IO[Any]) -> str:
-    """The likely reason a write failed (a full disk when the file system has no room)."""
-    try:
-        st = os.fstatvfs(fh.fileno())
-    except OSError:
-        return os.strerror(errno.EIO)
-    return os.strerror(errno.ENOSPC) if st.f_bavail * st.f_frsize < 1 << 20 else os.strerror(errno.EIO)
+class _RecordingWriter:
+    """A binary file wrapper that remembers the first ``OSError`` of ``write``/``flush``."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 def read_torch_file(
@@ -193,21 +218,23 @@ _FORCE_NOT = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
 @contextmanager
-def weights_only_loads() -> Iterator[None]:
-    """Make every ``torch.load`` inside the block weights-only, whatever its caller passes.
+def third_party_weights() -> Iterator[None]:
+    """Around code that loads weights itself (torchvision builders, timm, torch-fidelity):
 
-    For weights that third-party code reads from the torch hub cache
-    (``torch.hub.load_state_dict_from_url`` defaults to ``weights_only=False``; torchvision's
-    model builders, timm and torch-fidelity go through it). PyTorch reads the
-    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` variable on every call; the previous values of both
-    force variables are restored on exit. A hostile cached file then raises
-    ``pickle.UnpicklingError`` with nothing run.
+    - every ``torch.load`` inside is weights-only, whatever its caller passes
+      (``torch.hub.load_state_dict_from_url`` defaults to ``weights_only=False``). PyTorch
+      reads ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` on every call; the previous values of both
+      force variables are restored on exit. A hostile cached file then raises
+      ``pickle.UnpicklingError`` with nothing run;
+    - what it prints goes to stderr: torch hub writes ``Downloading: …`` to *stdout*, which
+      would break ``--json`` (one JSON object on stdout).
     """
     saved = {k: os.environ.get(k) for k in (_FORCE, _FORCE_NOT)}
     os.environ[_FORCE] = "1"
     os.environ.pop(_FORCE_NOT, None)
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -247,4 +274,4 @@ def _first_line(exc: BaseException) -> str:
 
 __all__ = ["DiskWriteError", "UnreadableFile", "UnsafeFile", "atomic_open",
            "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "read_torch_file",
-           "to_jsonable", "weights_only_loads"]
+           "third_party_weights", "to_jsonable"]

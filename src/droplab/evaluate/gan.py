@@ -42,7 +42,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from droplab.errors import InvalidValue, WeightsUnavailable
-from droplab.fileio import weights_only_loads
+from droplab.fileio import third_party_weights
 from droplab.runs.restore import load_run
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -278,7 +278,7 @@ class InceptionFeatures:
             # needs the optional torch-fidelity package: imported only when asked for
             from torchmetrics.image.fid import NoTrainInceptionV3
 
-            with warnings.catch_warnings(), weights_only_loads():
+            with warnings.catch_warnings(), third_party_weights():
                 warnings.simplefilter("ignore")
                 net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
         except Exception as exc:  # download refused, corrupt file, …

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from droplab.config import Config, option
 from droplab.errors import InvalidValue, WeightsUnavailable, unknown_name
-from droplab.fileio import UnreadableFile, UnsafeFile, read_torch_file, weights_only_loads
+from droplab.fileio import UnreadableFile, UnsafeFile, read_torch_file, third_party_weights
 from droplab.layers import KINDS, make_dropout
 
 __all__ = [
@@ -392,7 +392,7 @@ def _tv_model(name: str, in_shape: tuple[int, int, int], num_classes: int,
         kwargs.pop("init_weights", None)
         kwargs.pop("aux_logits", None)
     try:
-        with weights_only_loads():  # the hub cache is a file like any other: never run it
+        with third_party_weights():  # the hub cache is a file like any other: never run it
             net = tvm.get_model(name, weights=weights, **kwargs)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:  # URLError: OSError
         if weights is None:

@@ -27,10 +27,15 @@ leave each piece depending on all the others.
 
 from __future__ import annotations
 
+import datetime
+import io
 import math
 import os
 import socket
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -38,7 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from droplab.errors import InvalidValue, WeightsUnavailable, check_rate, unknown_name
-from droplab.fileio import UnreadableFile, read_torch_file
+from droplab.fileio import (
+    UnreadableFile,
+    atomic_write_bytes,
+    read_torch_file,
+    third_party_weights,
+)
 
 DROPOUT_PLACES = ("residual", "decoder", "all")
 ENCODERS = ("auto", "vgg19", "random")
@@ -158,28 +168,23 @@ def export_onnx(net: TransformerNet, path: str | Path, size: int = 256) -> Path:
     The graph takes ``image`` (N, 3, H, W) in [0, 1] with H and W multiples of 4 (pad with
     reflection first, as :func:`onnx_stylize` does) and returns ``stylized``.
     """
-    import warnings
-
-    from droplab.fileio import atomic_write_bytes
-
     path = Path(path)
     was_training = net.training
     net.eval()
     dummy = torch.rand(1, 3, size, size)
-    tmp = path.with_name(f".{path.name}.export")
+    buf = io.BytesIO()  # exported in memory, then written atomically (one-line errors)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _ExportWrapper(net), (dummy,), str(tmp), dynamo=False, opset_version=17,
+                _ExportWrapper(net), (dummy,), buf, dynamo=False, opset_version=17,
                 input_names=["image"], output_names=["stylized"],
                 dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                               "stylized": {0: "batch", 2: "height", 3: "width"}},
             )
-        atomic_write_bytes(path, tmp.read_bytes())
     finally:
-        tmp.unlink(missing_ok=True)
         net.train(was_training)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -460,13 +465,36 @@ def _offline() -> bool:
     return os.environ.get("DROPLAB_OFFLINE", "") not in ("", "0", "false", "no")
 
 
-def load_vgg19_features(weights: str | Path | None = None, *, download: bool = True) -> nn.Sequential:
+def download_failed_marker(path: Path) -> Path:
+    """The file that remembers a failed download of ``path`` (beside it in the cache)."""
+    return path.with_name(path.name + ".droplab-download-failed")
+
+
+def _remember_failure(marker: Path, reason: str) -> None:
+    stamp = datetime.datetime.now().isoformat(timespec="minutes")
+    with suppress(OSError):  # a read-only cache just cannot remember (DiskWriteError too)
+        atomic_write_bytes(marker, f"{stamp} {reason}\n".encode())
+
+
+def _marker_reason(marker: Path) -> str:
+    try:
+        text = marker.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "unknown reason"
+    return (text[0][:140] if text else "unknown reason").replace("\n", " ")
+
+
+def load_vgg19_features(weights: str | Path | None = None, *, download: bool = True,
+                        retry: bool = True) -> nn.Sequential:
     """VGG-19 ``features`` with ImageNet weights.
 
     ``weights`` is a state-dict file for ``torchvision.models.vgg19``; without it the
     weights come through ``VGG19_Weights.IMAGENET1K_V1`` from the torch hub cache, downloaded
-    there when ``download`` is true (and ``DROPLAB_OFFLINE`` is unset). A missing or
-    unreadable file raises :class:`WeightsUnavailable` naming the path to put it at.
+    there when ``download`` is true (and ``DROPLAB_OFFLINE`` is unset); the download's
+    progress lines go to stderr. A failed download is remembered in a marker file beside
+    the cached path (:func:`download_failed_marker`): with ``retry=False`` (``--encoder
+    auto``) it is not tried again until that marker is deleted. A missing or unreadable file
+    raises :class:`WeightsUnavailable` naming the path to put it at.
     """
     from torchvision.models import VGG19_Weights
     from torchvision.models.vgg import cfgs, make_layers
@@ -484,15 +512,24 @@ def load_vgg19_features(weights: str | Path | None = None, *, download: bool = T
             raise WeightsUnavailable(str(exc)) from None
     else:
         path = vgg19_weights_path()
+        marker = download_failed_marker(path)
         if not path.exists() and (not download or _offline()):
             raise WeightsUnavailable(
                 f"vgg19 ImageNet weights are not at {path} (offline); download {url} to that "
                 "path or pass --encoder-weights FILE"
             )
+        if not path.exists() and not retry and marker.exists():
+            raise WeightsUnavailable(
+                f"vgg19 ImageNet weights are not at {path}: downloading them failed earlier "
+                f"({_marker_reason(marker)}) and is not retried; to retry, delete {marker} "
+                "(or pass --encoder vgg19)"
+            )
         old_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(20)
         try:
-            state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
+            with third_party_weights():
+                state = VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False,
+                                                                   weights_only=True)
         except Exception as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             if path.exists():
@@ -500,12 +537,15 @@ def load_vgg19_features(weights: str | Path | None = None, *, download: bool = T
                     f"vgg19 weights at {path} cannot be read ({reason}; truncated?); "
                     f"delete it or download {url} to that path again"
                 ) from None
+            _remember_failure(marker, reason)
             raise WeightsUnavailable(
                 f"vgg19 ImageNet weights are not at {path} and could not be downloaded "
-                f"({reason}); download {url} to that path or pass --encoder-weights FILE"
+                f"({reason}); download {url} to that path or pass --encoder-weights FILE "
+                f"(not retried by --encoder auto until {marker} is deleted)"
             ) from None
         finally:
             socket.setdefaulttimeout(old_timeout)
+        marker.unlink(missing_ok=True)
     # only the convolutional part is used: a full vgg19 state dict or just its features.*
     features = {k[len("features."):]: v for k, v in state.items()
                 if isinstance(k, str) and k.startswith("features.")}
@@ -542,7 +582,8 @@ def build_encoder(
         enc = random_encoder(seed, n_random, softmax=softmax)
         return enc, "asked for"
     try:
-        enc = VGGEncoder(load_vgg19_features(weights, download=download), softmax=softmax)
+        features = load_vgg19_features(weights, download=download, retry=name == "vgg19")
+        enc = VGGEncoder(features, softmax=softmax)
         return enc, "ImageNet weights"
     except WeightsUnavailable as exc:
         if name == "vgg19":
@@ -550,8 +591,6 @@ def build_encoder(
         reason = str(exc)
     enc = random_encoder(seed, n_random, softmax=softmax)
     if not quiet:
-        import sys
-
         print(f"droplab: using the random-weight encoder ({enc.describe()}) because {reason}",
               file=sys.stderr)
     return enc, reason

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from droplab import surgery
 from droplab.errors import InvalidValue, UserError, WeightsUnavailable
-from droplab.fileio import UnsafeFile, weights_only_loads
+from droplab.fileio import UnsafeFile, third_party_weights
 from droplab.layers import make_dropout
 from droplab.models.classifiers import ModelConfig, build_model
 
@@ -227,7 +227,7 @@ def backbone_source(backbone: str, weights: str | None = "DEFAULT", *,
         except ImportError:
             raise UserError("--backbone timm:… needs timm: pip install timm") from None
         try:
-            with weights_only_loads():  # cached hub files are read, never run
+            with third_party_weights():  # cached hub files are read, never run
                 net = timm.create_model(name, pretrained=pretrained and weights is not None,
                                         num_classes=0)
         except pickle.UnpicklingError:

@@ -207,6 +207,33 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    # -- paths stored in config.json ------------------------------------------------------
+    def record_path(self, path: str | Path) -> str:
+        """``path`` as ``config.json`` should store it: relative to the run folder when it
+        lies inside it (so a copied or moved folder still finds it), absolute otherwise."""
+        file = Path(path).resolve()
+        try:
+            return file.relative_to(self.path.resolve()).as_posix()
+        except ValueError:
+            return str(file)
+
+    def resolve_path(self, stored: str | Path, stored_out: str | Path | None = None) -> Path:
+        """The file a stored path means for the folder as it is now.
+
+        Relative paths are relative to the run folder. An absolute path inside
+        ``stored_out`` (where the run was created; folders of the previous release stored
+        absolute paths) is moved along with the folder; other absolute paths stay.
+        """
+        file = Path(stored)
+        if not file.is_absolute():
+            return (self.path / file).resolve()
+        if stored_out is not None:
+            try:
+                return (self.path / file.relative_to(Path(stored_out).resolve())).resolve()
+            except ValueError:
+                pass
+        return file
+
     # -- config and summary ---------------------------------------------------------------
     def write_config(self, config: Any, task: str | None = None) -> None:
         data = to_jsonable(config)
@@ -230,19 +257,25 @@ class RunDir:
         """Append one JSON line to ``metrics.jsonl`` (flushed and fsynced)."""
         line = (json.dumps(to_jsonable(record), allow_nan=True) + "\n").encode()
         try:
-            with open(self.metrics_path, "ab") as fh:
-                size = fh.tell()
-                try:
-                    fh.write(line)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                except OSError:
-                    with suppress(OSError):  # never leave half a line behind
-                        fh.truncate(size)
-                    raise
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise DiskWriteError(f"could not append to {self.metrics_path}: "
                                  f"{exc.strerror or exc}; the lines before are intact") from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                with suppress(OSError):  # never leave half a line behind
+                    os.ftruncate(fd, size)
+                raise DiskWriteError(f"could not append to {self.metrics_path}: "
+                                     f"{exc.strerror or exc}; the lines before are intact"
+                                     ) from None
+        finally:
+            os.close(fd)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
