@@ -18,6 +18,15 @@ stable choice on a loaded machine). Writes ``benchmarks/results/mc.json``.
 
     python benchmarks/mc.py                       # 16×3×128×128, T = 30
     python benchmarks/mc.py --batch 32 --size 224 --repeats 3   # the full-size case
+
+``--matrix`` runs issue 13's compatibility matrix instead (torchvision, timm and droplab
+models, ``weights=None``): for each model the cached MC time (T passes, the default
+``mc_predict``) and T full passes, both divided by one eval forward of the same batch,
+where the deterministic prefix ends and its share of the forward FLOPs; it writes
+``benchmarks/results/mc_matrix.json``::
+
+    python benchmarks/mc.py --matrix --batch 8 --size 224 --repeats 3   # quiet machine
+    python benchmarks/mc.py --matrix --batch 2 --size 64 --repeats 1    # a quick look
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ import torch
 import torchvision
 
 from droplab.runs import atomic_write_json
-from droplab.surgery import add_dropout
+from droplab.surgery import add_dropout, find_dropout, set_dropout_rate
+from droplab.tasks.inspect import describe
 from droplab.uncertainty import mc_predict, prefix_plan
 
 HERE = Path(__file__).resolve().parent
@@ -50,6 +60,116 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _matrix_models() -> dict[str, Callable[[], torch.nn.Module]]:
+    """Issue 13's matrix; models without any source get a dropout head (p = 0.2)."""
+    import timm
+
+    from droplab.models.classifiers import ModelConfig, build_model
+
+    def tv(name: str, head: bool = False, **kw: Any) -> Callable[[], torch.nn.Module]:
+        def build() -> torch.nn.Module:
+            model = torchvision.models.get_model(name, weights=None, **kw)
+            if head:
+                add_dropout(model, "head", p=0.2)
+            return model
+        return build
+
+    def tm(name: str, **kw: Any) -> Callable[[], torch.nn.Module]:
+        return lambda: timm.create_model(name, pretrained=False, **kw)
+
+    def dl(name: str, **kw: Any) -> Callable[[], torch.nn.Module]:
+        return lambda: build_model(ModelConfig(name=name, dropout=0.3, **kw), (3, 32, 32), 10)
+
+    return {
+        "tv:resnet18+head": tv("resnet18", head=True),
+        "tv:mobilenet_v3_small": tv("mobilenet_v3_small"),
+        "tv:efficientnet_b0": tv("efficientnet_b0"),
+        "tv:convnext_tiny": tv("convnext_tiny"),
+        "tv:densenet121(drop_rate=0.2)": tv("densenet121", drop_rate=0.2),
+        "tv:regnet_y_400mf+head": tv("regnet_y_400mf", head=True),
+        "tv:swin_t": tv("swin_t"),
+        "tv:vit_b_16(dropout=0.1,attention_dropout=0.1)": tv("vit_b_16", dropout=0.1,
+                                                             attention_dropout=0.1),
+        "timm:resnet18(drop_rate=0.2,drop_path_rate=0.1)": tm("resnet18", drop_rate=0.2,
+                                                            drop_path_rate=0.1),
+        "timm:vit_tiny_patch16_224(0.1,0.1,0.1)": tm("vit_tiny_patch16_224", drop_rate=0.1,
+                                                     attn_drop_rate=0.1, drop_path_rate=0.1),
+        "timm:convnext_atto(drop_path_rate=0.1)": tm("convnext_atto", drop_path_rate=0.1),
+        "timm:efficientnet_b0(head rate 0.2)": tm("efficientnet_b0"),
+        "droplab:mlp": dl("mlp"),
+        "droplab:lenet": dl("lenet"),
+        "droplab:convnet": dl("convnet", dropout_where="all"),
+        "droplab:resnet18-cifar": dl("resnet18-cifar"),
+        "droplab:tv:resnet18": dl("tv:resnet18"),
+    }
+
+
+def _ratios(model: torch.nn.Module, x: torch.Tensor, T: int,
+            repeats: int) -> tuple[float, float, float]:
+    """Seconds of one eval forward, of cached MC (T passes) and of T full passes."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return (_time(forward, repeats), _time(lambda: mc_predict(model, x, T), repeats),
+            _time(lambda: mc_predict(model, x, T, chunk_size=1, cache_prefix=False), repeats))
+
+
+def matrix(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--matrix`` run (module docstring)."""
+    torch.set_num_threads(args.threads)
+    T = args.samples
+    rows: dict[str, Any] = {}
+    for name, build in _matrix_models().items():
+        if args.models and not any(m in name for m in args.models):
+            continue
+        torch.manual_seed(0)
+        model = build().eval()
+        if name.startswith("timm:efficientnet_b0"):
+            set_dropout_rate(model, 0.2)  # its F.dropout head exists at rate 0
+        size = 224 if ("vit" in name or "swin" in name) and not args.size_all else args.size
+        size = 32 if name.startswith("droplab:") else size
+        x = torch.randn(args.batch, 3, size, size)
+        info = describe(model, x)
+
+        t_ref, t_cached, t_full = _ratios(model, x, T, args.repeats)
+        plan = info["plan"]
+        rows[name] = {
+            "input": list(x.shape),
+            "sources": len(find_dropout(model)),
+            "counts": info["counts"],
+            "prefix_ends_at": plan.get("first_stochastic"),
+            "prefix_flop_share": plan.get("prefix_share"),
+            "fallback": None if plan["cached"] else plan["reason"],
+            "one_forward_s": t_ref,
+            "cached_mc_ratio": t_cached / t_ref,
+            "full_passes_ratio": t_full / t_ref,
+        }
+        print(f"{name:>48}: {rows[name]['sources']:3d} sources, cached {t_cached / t_ref:6.2f}×, "
+              f"full {t_full / t_ref:6.2f}× one forward; prefix ends at "
+              f"{plan.get('first_stochastic')} ({100 * (plan.get('prefix_share') or 0):.0f}% "
+              "of FLOPs)", flush=True)
+    summary = {
+        "benchmark": "mc-matrix",
+        "samples": T,
+        "batch": args.batch,
+        "size": args.size,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": platform.machine(),
+        "note": args.note,
+        "models": rows,
+    }
+    out = args.out if args.out != str(HERE / "results" / "mc.json") else str(
+        HERE / "results" / "mc_matrix.json")
+    atomic_write_json(out, summary)
+    print(f"wrote {out}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=16)
@@ -60,7 +180,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip-replicate", action="store_true",
                     help="skip the T-fold replicated batch (the memory-hungry method)")
     ap.add_argument("--out", default=str(HERE / "results" / "mc.json"))
+    ap.add_argument("--matrix", action="store_true", help="issue 13's model matrix")
+    ap.add_argument("--models", nargs="*", default=[], help="matrix: only names containing these")
+    ap.add_argument("--size-all", action="store_true",
+                    help="matrix: --size for ViT/Swin too (default: they get 224)")
+    ap.add_argument("--note", default="", help="recorded in the JSON (e.g. 'machine busy')")
     args = ap.parse_args(argv)
+    if args.matrix:
+        return matrix(args)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -259,3 +259,18 @@ def test_add_dropconnect_refuses_what_it_cannot_wrap_faithfully() -> None:
         add_dropconnect(mha, 0.2, where=nn.Linear)
     with pytest.raises(InvalidValue, match="raw weights"):
         add_dropout(mha, after="0.out_proj")
+
+
+def test_dropconnect_on_a_layer_with_a_dropout_slot_keeps_the_slot() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        ref = model(x)
+    add_dropout(model, "head", p=0.3)
+    assert add_dropconnect(model, 0.2, where="head") == ["2"]
+    assert isinstance(model[2], layers.DropConnectLinear)
+    assert isinstance(model[2].pre_dropout, layers.Dropout)
+    assert [d.kind for d in find_dropout(model)] == ["dropconnect", "dropout"]
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)

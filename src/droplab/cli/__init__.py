@@ -18,7 +18,8 @@ from droplab.cli.options import Parser, UsageError
 from droplab.errors import UserError
 
 #: Subcommand modules, in the order ``droplab --help`` lists them.
-MODULES: list[str] = ["train", "report", "finetune", "sweep", "gan", "style", "serve"]
+MODULES: list[str] = ["train", "report", "finetune", "sweep", "gan", "style", "serve",
+                      "inspect"]
 
 
 def build_parser() -> Parser:

@@ -206,12 +206,14 @@ def feature_dim(model: nn.Module, in_shape: tuple[int, ...]) -> int:
 
 
 def backbone_source(backbone: str, weights: str | None = "DEFAULT", *,
-                    pretrained: bool = True) -> Source:
+                    pretrained: bool = True, drop_path: float = 0.0) -> Source:
     """A torchvision (``tv:NAME``) or timm (``timm:NAME``) backbone.
 
     ``weights`` is ``"DEFAULT"`` (the weights enum's default / timm's pretrained tag), a
     state-dict path (torchvision) or ``None``; ``pretrained=False`` builds the same
     architecture randomly initialised and never touches the network or the cache.
+    ``drop_path`` goes to ``timm.create_model(drop_path_rate=…)`` (timm's own route to
+    stochastic depth; torchvision backbones get it in :func:`assemble`).
     """
     kind, _, name = backbone.partition(":")
     if kind == "tv" and name:
@@ -229,7 +231,7 @@ def backbone_source(backbone: str, weights: str | None = "DEFAULT", *,
         try:
             with third_party_weights():  # cached hub files are read, never run
                 net = timm.create_model(name, pretrained=pretrained and weights is not None,
-                                        num_classes=0)
+                                        num_classes=0, drop_path_rate=drop_path)
         except pickle.UnpicklingError:
             raise UnsafeFile(f"refused to load the cached timm weights for {name!r}: the file "
                              "asks to run code; nothing in it was run. Delete it from the "
@@ -250,8 +252,9 @@ def assemble(src: Source, spec: TransferSpec, num_classes: int, in_shape: tuple[
              dataset: str = "the dataset") -> FinetuneNet:
     """``src`` plus a dropout head for ``num_classes`` classes of ``in_shape`` images.
 
-    DropPath after every ``nn.Sequential`` block and DropBlock after every convolution are
-    added inside the backbone through :mod:`droplab.surgery` when the spec asks for them.
+    Stochastic depth on the residual branches (:func:`droplab.surgery.add_stochastic_depth`,
+    the linear depth rule) and DropBlock after every convolution are added inside the
+    backbone through :mod:`droplab.surgery` when the spec asks for them.
     """
     if src.in_shape is not None and tuple(src.in_shape[1:]) != tuple(in_shape[1:]):
         raise InvalidValue(
@@ -267,8 +270,7 @@ def assemble(src: Source, spec: TransferSpec, num_classes: int, in_shape: tuple[
     )
     if spec.drop_path > 0 or spec.dropblock > 0:
         if spec.drop_path > 0:
-            surgery.add_dropout(model.source, after=nn.Sequential, kind="droppath",
-                                p=spec.drop_path)
+            surgery.add_stochastic_depth(model.source, spec.drop_path)
         if spec.dropblock > 0:
             surgery.add_dropout(model.source, after=nn.Conv2d, kind="dropblock",
                                 p=spec.dropblock)

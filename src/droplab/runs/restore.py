@@ -174,7 +174,8 @@ def finetune_net(config: dict[str, Any], num_classes: int, in_shape: tuple[int, 
         if not backbone:
             raise UserError("this finetune run's config.json names neither a backbone nor a "
                             "source run; restore its config.json from a copy of the run")
-        src = backbone_source(str(backbone), None, pretrained=False)
+        src = backbone_source(str(backbone), None, pretrained=False,
+                              drop_path=float(config.get("drop_path", 0.0)))
     return assemble(src, TransferSpec.from_config(config), num_classes, in_shape,
                     dataset=str(config.get("dataset", "the dataset")))
 

@@ -377,7 +377,8 @@ def add_dropconnect(model: nn.Module, p: float = 0.5, where: Where = "head") -> 
     for name in targets:
         old = model.get_submodule(name)
         base = nn.Linear if isinstance(old, nn.Linear) else nn.Conv2d
-        if type(old).forward is not base.forward:
+        own = old._slot_base if isinstance(old, _Slot) else type(old)
+        if own.forward is not base.forward:
             raise InvalidValue(
                 f"{name} is a {type(old).__name__} with its own forward; DropConnect would "
                 f"replace it by a plain {base.__name__}'s and change its outputs; leave it "
@@ -388,6 +389,11 @@ def add_dropconnect(model: nn.Module, p: float = 0.5, where: Where = "head") -> 
         wrap = DropConnectLinear if isinstance(old, nn.Linear) else DropConnectConv2d
         new = wrap.from_module(old, p)
         new.train(old.training)
+        if isinstance(old, _Slot):  # keep a dropout slot add_dropout gave the layer
+            slot = "pre_dropout" if old._slot_before else "post_dropout"
+            new.__class__ = _slot_class(type(new), old._slot_before)
+            new.add_module(slot, getattr(old, slot))
+            new.register_load_state_dict_pre_hook(_legacy_names)
         _set_submodule(model, name, new)
     return targets
 

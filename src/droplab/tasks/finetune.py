@@ -100,7 +100,8 @@ class HeadConfig(Config):
                                metavar="KIND", help="dropout kind of the head")
     hidden: int | None = option(None, ge=1, metavar="H", help="hidden width of the head")
     drop_path: float = option(0.0, rate=True, metavar="P",
-                              help="add DropPath after the backbone's blocks")
+                              help="stochastic depth on the backbone's residual branches, "
+                              "block l of L at P·l/L")
     dropblock: float = option(0.0, rate=True, metavar="P",
                               help="add DropBlock after the backbone's convolutions")
     freeze_bn: bool = option(False, help="keep the backbone's BatchNorm in eval mode")
@@ -163,7 +164,8 @@ def load_source(cfg: FinetuneConfig, pretrained: bool = True) -> Source:
         return Source(model, feats, tuple(loaded.in_shape), tuple(loaded.mean),  # type: ignore[arg-type]
                       tuple(loaded.std), f"run {src.from_run}")
     assert src.backbone is not None
-    return backbone_source(src.backbone, src.weights, pretrained=pretrained)
+    return backbone_source(src.backbone, src.weights, pretrained=pretrained,
+                           drop_path=cfg.head.drop_path)
 
 
 # -- running ----------------------------------------------------------------------------------
