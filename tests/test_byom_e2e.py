@@ -33,6 +33,18 @@ def _train(out: Path, model: str, extra: list[str]) -> None:
     assert rc == 0
 
 
+def _evaluate_mc(out: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    """``droplab evaluate OUT --mc 30 --json``, checked; no fallback to full passes."""
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["evaluate", str(out), "--mc", "30", "--json"]) == 0
+    assert not [w for w in caught if "full passes" in str(w.message)]
+    s = _json(capsys)
+    _check_mc(s, out)
+    return s
+
+
 def _check_mc(s: dict, out: Path) -> None:
     assert s["mc_samples"] == 30 and 0 <= s["mc_acc"] <= 1
     assert s["mc_mutual_information"] > 0  # the 30 passes differ
@@ -44,12 +56,7 @@ def test_evaluate_mc_on_every_droplab_model(model: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     _train(out, model, MODELS[model])
-    capsys.readouterr()
-    with warnings.catch_warnings(record=True) as caught:  # every droplab model traces
-        warnings.simplefilter("always")
-        assert main(["evaluate", str(out), "--mc", "30", "--json"]) == 0
-    assert not [w for w in caught if "full passes" in str(w.message)]
-    _check_mc(_json(capsys), out)
+    _evaluate_mc(out, capsys)  # every droplab model traces
     assert main(["inspect", str(out), "--json"]) == 0
     report = _json(capsys)
     assert report["active"] >= 1 and report["plan"]["cached"]
@@ -63,9 +70,7 @@ def test_evaluate_mc_on_a_finetune_run(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["finetune", "--dataset", "digits", "--classes", "3-5", "--from", str(src),
                  "--strategy", "full", "--epochs", "1", "--labels-per-class", "8",
                  "--val-fraction", "0", "--out", str(out), "--json"]) == 0
-    capsys.readouterr()
-    assert main(["evaluate", str(out), "--mc", "30", "--json"]) == 0
-    _check_mc(_json(capsys), out)
+    _evaluate_mc(out, capsys)
 
 
 def test_evaluate_mc_without_dropout_is_a_one_line_error(
@@ -100,9 +105,7 @@ def test_finetune_drop_path_is_stochastic_depth_on_branches(
         assert [d.p for d in paths] == [pytest.approx(0.2 * i / 8) for i in range(1, 9)]
     else:  # timm's own drop_path_rate: its linspace rule, the deepest block at 0.2
         assert len(paths) == 7 and max(d.p for d in paths) == pytest.approx(0.2)
-    capsys.readouterr()
-    assert main(["evaluate", str(out), "--mc", "30", "--json"]) == 0
-    _check_mc(_json(capsys), out)
+    _evaluate_mc(out, capsys)
 
 
 def test_finetune_drop_path_on_a_backbone_without_residual_blocks_is_refused(

@@ -197,3 +197,16 @@ def test_parameters_read_in_the_suffix_stay_live() -> None:
         model.cls.add_(1.0)  # an in-place update (load_state_dict) needs no re-trace
     after = _cached_equals_uncached(model, x)
     assert not torch.allclose(before, after)
+
+
+def test_unpacked_shapes_trace_with_an_example() -> None:
+    class Repeat(nn.Module):  # droplab's grey-to-RGB adapter in finetune runs
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.expand(-1, 3, *x.shape[2:])
+
+    model = nn.Sequential(Repeat(), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Dropout(0.5),
+                          nn.Linear(144, 2)).eval()
+    x = torch.randn(4, 1, 8, 8)
+    plan = prefix_plan(model, x)
+    assert plan is not None and plan.first_stochastic == "3"
+    _cached_equals_uncached(model, x)

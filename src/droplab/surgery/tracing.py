@@ -12,16 +12,18 @@
   (torch.fx would answer ``True`` and record a ``getattr`` that fails at run time); only
   names that exist on ``torch.Tensor`` or on ``torch.return_types`` are proxied.
 * **Shape-only control flow.** Given an ``example`` input, a condition computed only from
-  shapes (``x.shape[1] == 1``, ``x.dim() == 4``, ``len(x)``) is evaluated on the example
-  instead of raising ``TraceError``; the graph is then specialised to that input shape, so
-  callers key traced graphs on it. Conditions on tensor *values* still raise.
+  shapes (``x.shape[1] == 1``, ``x.dim() == 4``) is evaluated on the example instead of
+  raising ``TraceError``, and unpacking or ``len`` of a shape (``*x.shape[2:]``) takes its
+  length from the example (the items stay symbolic); the graph is then specialised to that
+  input shape, so callers key traced graphs on it. Conditions on tensor *values* still
+  raise.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,12 +46,19 @@ def _tensor_names() -> frozenset[str]:
 
 
 class _Proxy(fx.Proxy):
-    """A proxy that admits only tensor attribute names (see the module docstring)."""
+    """A proxy that admits only tensor attribute names and, with an example input, knows
+    the length of shapes (see the module docstring)."""
 
     def __getattr__(self, k: str) -> Any:
         if k.startswith("__") or k in _tensor_names():
             return super().__getattr__(k)
         raise AttributeError(f"traced tensor has no attribute {k!r}")
+
+    def __len__(self) -> int:
+        tracer = self.tracer
+        if isinstance(tracer, Tracer) and tracer.knows(self.node):
+            return len(tracer._value(self.node))
+        return super().__len__()
 
 
 def _timm_notrace() -> tuple[tuple[type[nn.Module], ...], tuple[Callable[..., Any], ...]]:
@@ -110,10 +119,20 @@ class Tracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
 
+    def knows(self, node: fx.Node) -> bool:
+        """True when ``node`` can be evaluated on the example: it depends on shapes only."""
+        return self._example is not None and _static(node, self._static)
+
     def to_bool(self, obj: fx.Proxy) -> bool:
-        if self._example is None or not _static(obj.node, self._static):
+        if not self.knows(obj.node):
             return super().to_bool(obj)
         return bool(self._value(obj.node))
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        # ``*x.shape[2:]``: the length comes from the example, the items stay symbolic
+        if not self.knows(obj.node):
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(self._value(obj.node)))])
 
     def _value(self, node: fx.Node) -> Any:
         """Concrete value of ``node`` on the example input (memoised)."""
