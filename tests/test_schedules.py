@@ -169,3 +169,27 @@ def test_resume_with_another_schedule_is_a_resume_error() -> None:
 def test_schedule_dataclass_validates_kind() -> None:
     with pytest.raises(UnknownName):
         Schedule("zigzag", 0.5, 10)
+
+
+def test_scheduler_drives_third_party_and_gated_sources() -> None:
+    import torch.nn.functional as F
+    import torchvision
+
+    class Gated(nn.Module):  # DenseNet-style: the rate is an attribute read in forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop_rate = 0.4
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return F.dropout(x, p=self.drop_rate, training=self.training)
+
+    model = nn.Sequential(torchvision.ops.StochasticDepth(0.2, "row"), Gated(),
+                          nn.MultiheadAttention(4, 2, dropout=0.1))
+    sched = DropoutScheduler(model, make_schedule("linear", 0.5, 4))
+    assert set(sched.rates()) == {"0", "1:drop_rate", "2"}
+    assert sched.rates() == {"0": 0.0, "1:drop_rate": 0.0, "2": 0.0}  # step 0 of a ramp
+    for _ in range(2):
+        sched.step()
+    # halfway up the ramp, each source at half its own target
+    assert sched.rates() == pytest.approx({"0": 0.1, "1:drop_rate": 0.2, "2": 0.05})
+    assert (model[0].p, model[1].drop_rate, model[2].dropout) == pytest.approx((0.1, 0.2, 0.05))

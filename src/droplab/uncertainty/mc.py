@@ -27,15 +27,15 @@ from droplab.uncertainty.plan import PrefixPlan, logits_of, plan_for
 _FAST_PATH_GATES = (nn.TransformerEncoderLayer, nn.TransformerEncoder)
 
 
-def _active_sources(model: nn.Module) -> list[DropoutInfo]:
-    return [d for d in find_dropout(model) if d.mc and d.active]
-
-
-def stochastic_modules(model: nn.Module) -> list[nn.Module]:
+def stochastic_modules(model: nn.Module,
+                       sources: list[DropoutInfo] | None = None) -> list[nn.Module]:
     """The modules whose own ``training`` flag :func:`mc_mode` sets to True: the module of
-    every active source MC can drive (see :func:`mc_mode`), in ``named_modules`` order."""
+    every active source MC can drive (see :func:`mc_mode`), in ``named_modules`` order.
+    ``sources`` is ``find_dropout(model)`` when the caller has it already."""
     seen: dict[int, nn.Module] = {}
-    for d in _active_sources(model):
+    for d in sources if sources is not None else find_dropout(model):
+        if not (d.mc and d.active):
+            continue
         seen.setdefault(id(d.module), d.module)
     mods = list(seen.values())
     if mods:
@@ -48,7 +48,8 @@ def stochastic_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def mc_mode(model: nn.Module) -> Iterator[list[nn.Module]]:
+def mc_mode(model: nn.Module,
+            sources: list[DropoutInfo] | None = None) -> Iterator[list[nn.Module]]:
     """Eval mode for everything except the active sources of randomness; modes restored.
 
     The whole model is put in eval mode (BatchNorm and every other statistic frozen), then
@@ -69,10 +70,11 @@ def mc_mode(model: nn.Module) -> Iterator[list[nn.Module]]:
 
     Sources refused by ``find_dropout`` (``mc=False``: the flag also changes other
     computations, or the forward cannot be traced) stay off. Yields the modules switched.
+    ``sources`` is ``find_dropout(model)`` when the caller has it already.
     """
     saved = [(m, m.training) for m in model.modules()]
     model.eval()
-    mods = stochastic_modules(model)
+    mods = stochastic_modules(model, sources)
     for m in mods:
         m.training = True
     try:
@@ -173,8 +175,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _no_randomness(model: nn.Module, allow: bool) -> None:
-    found = find_dropout(model)
+def _no_randomness(model: nn.Module, found: list[DropoutInfo], allow: bool) -> None:
     if not found:
         what = "has no dropout"
         fix = "add some with droplab.surgery.add_dropout(model, after='head')"
@@ -237,10 +238,10 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 30, *, reduce: str = 
     if not isinstance(x, Tensor) or x.dim() < 1:
         raise InvalidValue("mc_predict needs a batch tensor x of shape (N, ...)")
     T, N = int(samples), x.shape[0]
-    with mc_mode(model) as stochastic:
+    sources = find_dropout(model)  # modes do not change what it finds
+    with mc_mode(model, sources) as stochastic:
         if not stochastic:
-            _no_randomness(model, allow_deterministic)
-        sources = find_dropout(model)
+            _no_randomness(model, sources, allow_deterministic)
         refused = [d for d in sources if not d.mc]
         if refused:
             warnings.warn(
@@ -249,7 +250,7 @@ def mc_predict(model: nn.Module, x: Tensor, samples: int = 30, *, reduce: str = 
                 stacklevel=3)
         plan: PrefixPlan | None = None
         if cache_prefix and stochastic:
-            plan, why = plan_for(model, x)
+            plan, why = plan_for(model, x, sources)
             if plan is None:
                 warnings.warn(f"MC dropout runs full passes of {type(model).__name__}: {why}",
                               stacklevel=3)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from droplab.errors import InvalidValue
-from droplab.surgery import find_dropout
+from droplab.surgery import DropoutInfo, find_dropout
 from droplab.surgery.kinds import call_is_active, random_call
 from droplab.surgery.tracing import Tracer
 
@@ -147,12 +147,12 @@ def _split(gm: fx.GraphModule, active: set[int]) -> PrefixPlan | None:
                       first, [f.name for f in frontier])
 
 
-def _signature(model: nn.Module) -> tuple[Any, ...]:
+def _signature(model: nn.Module, sources: list[DropoutInfo]) -> tuple[Any, ...]:
     return (
         tuple((name, id(m), m.training) for name, m in model.named_modules()),
         tuple(id(p) for p in model.parameters()),
         tuple(id(b) for b in model.buffers()),
-        tuple((d.key, d.p) for d in find_dropout(model)),
+        tuple((d.key, d.p) for d in sources),
     )
 
 
@@ -188,9 +188,11 @@ _PLANS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[Any, tuple[PrefixPlan |
 _KEEP = 4  # plans kept per model (input shapes)
 
 
-def build_plan(model: nn.Module, x: Tensor | None = None) -> tuple[PrefixPlan | None, str]:
-    """Trace and split ``model`` (already in MC mode); ``(plan, "")`` or ``(None, reason)``."""
-    sources = find_dropout(model)
+def build_plan(model: nn.Module, x: Tensor | None = None,
+               sources: list[DropoutInfo] | None = None) -> tuple[PrefixPlan | None, str]:
+    """Trace and split ``model`` (already in MC mode); ``(plan, "")`` or ``(None, reason)``.
+    ``sources`` is ``find_dropout(model)`` when the caller has it already."""
+    sources = find_dropout(model) if sources is None else sources
     active = {id(d.module) for d in sources if d.mc and d.active}
     if not active:
         return None, "no active stochastic layer"
@@ -211,15 +213,18 @@ def build_plan(model: nn.Module, x: Tensor | None = None) -> tuple[PrefixPlan | 
     return plan, ""
 
 
-def plan_for(model: nn.Module, x: Tensor | None = None) -> tuple[PrefixPlan | None, str]:
+def plan_for(model: nn.Module, x: Tensor | None = None,
+             sources: list[DropoutInfo] | None = None) -> tuple[PrefixPlan | None, str]:
     """The cached :func:`build_plan` result for ``model`` in its current MC-mode state and
     the shape of ``x``; rebuilt whenever the key changes (see the module docstring)."""
-    key = ((tuple(x.shape), x.dtype, x.device) if x is not None else None, _signature(model))
+    sources = find_dropout(model) if sources is None else sources
+    key = ((tuple(x.shape), x.dtype, x.device) if x is not None else None,
+           _signature(model, sources))
     plans = _PLANS.setdefault(model, OrderedDict())
     if key in plans:
         plans.move_to_end(key)
         return plans[key]
-    result = build_plan(model, x)
+    result = build_plan(model, x, sources)
     plans[key] = result
     while len(plans) > _KEEP:
         plans.popitem(last=False)
