@@ -60,8 +60,9 @@ def _time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _matrix_models() -> dict[str, Callable[[], torch.nn.Module]]:
-    """Issue 13's matrix; models without any source get a dropout head (p = 0.2)."""
+def _matrix_models(size: int) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Issue 13's matrix for ``size``-pixel inputs; models without any source get a
+    dropout head (p = 0.2)."""
     import timm
 
     from droplab.models.classifiers import ModelConfig, build_model
@@ -89,11 +90,13 @@ def _matrix_models() -> dict[str, Callable[[], torch.nn.Module]]:
         "tv:regnet_y_400mf+head": tv("regnet_y_400mf", head=True),
         "tv:swin_t": tv("swin_t"),
         "tv:vit_b_16(dropout=0.1,attention_dropout=0.1)": tv("vit_b_16", dropout=0.1,
-                                                             attention_dropout=0.1),
+                                                             attention_dropout=0.1,
+                                                             image_size=size),
         "timm:resnet18(drop_rate=0.2,drop_path_rate=0.1)": tm("resnet18", drop_rate=0.2,
                                                             drop_path_rate=0.1),
         "timm:vit_tiny_patch16_224(0.1,0.1,0.1)": tm("vit_tiny_patch16_224", drop_rate=0.1,
-                                                     attn_drop_rate=0.1, drop_path_rate=0.1),
+                                                     attn_drop_rate=0.1, drop_path_rate=0.1,
+                                                     img_size=size),
         "timm:convnext_atto(drop_path_rate=0.1)": tm("convnext_atto", drop_path_rate=0.1),
         "timm:efficientnet_b0(head rate 0.2)": tm("efficientnet_b0"),
         "droplab:mlp": dl("mlp"),
@@ -102,6 +105,10 @@ def _matrix_models() -> dict[str, Callable[[], torch.nn.Module]]:
         "droplab:resnet18-cifar": dl("resnet18-cifar"),
         "droplab:tv:resnet18": dl("tv:resnet18"),
     }
+
+
+def _percent(share: float | None) -> str:
+    return "?" if share is None else f"{100 * share:.0f}%"
 
 
 def _ratios(model: torch.nn.Module, x: torch.Tensor, T: int,
@@ -121,15 +128,14 @@ def matrix(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     T = args.samples
     rows: dict[str, Any] = {}
-    for name, build in _matrix_models().items():
+    for name, build in _matrix_models(args.size).items():
         if args.models and not any(m in name for m in args.models):
             continue
         torch.manual_seed(0)
         model = build().eval()
         if name.startswith("timm:efficientnet_b0"):
             set_dropout_rate(model, 0.2)  # its F.dropout head exists at rate 0
-        size = 224 if ("vit" in name or "swin" in name) and not args.size_all else args.size
-        size = 32 if name.startswith("droplab:") else size
+        size = 32 if name.startswith("droplab:") else args.size
         x = torch.randn(args.batch, 3, size, size)
         info = describe(model, x)
 
@@ -148,11 +154,17 @@ def matrix(args: argparse.Namespace) -> dict[str, Any]:
         }
         print(f"{name:>48}: {rows[name]['sources']:3d} sources, cached {t_cached / t_ref:6.2f}×, "
               f"full {t_full / t_ref:6.2f}× one forward; prefix ends at "
-              f"{plan.get('first_stochastic')} ({100 * (plan.get('prefix_share') or 0):.0f}% "
-              "of FLOPs)", flush=True)
+              f"{plan.get('first_stochastic')} ({_percent(plan.get('prefix_share'))} of FLOPs)",
+              flush=True)
+        _write_matrix(args, rows)  # after every model: a long run keeps what it measured
+    return _write_matrix(args, rows, final=True)
+
+
+def _write_matrix(args: argparse.Namespace, rows: dict[str, Any],
+                  final: bool = False) -> dict[str, Any]:
     summary = {
         "benchmark": "mc-matrix",
-        "samples": T,
+        "samples": args.samples,
         "batch": args.batch,
         "size": args.size,
         "repeats": args.repeats,
@@ -162,11 +174,13 @@ def matrix(args: argparse.Namespace) -> dict[str, Any]:
         "machine": platform.machine(),
         "note": args.note,
         "models": rows,
+        "complete": final,
     }
     out = args.out if args.out != str(HERE / "results" / "mc.json") else str(
         HERE / "results" / "mc_matrix.json")
     atomic_write_json(out, summary)
-    print(f"wrote {out}")
+    if final:
+        print(f"wrote {out}")
     return summary
 
 
@@ -182,8 +196,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=str(HERE / "results" / "mc.json"))
     ap.add_argument("--matrix", action="store_true", help="issue 13's model matrix")
     ap.add_argument("--models", nargs="*", default=[], help="matrix: only names containing these")
-    ap.add_argument("--size-all", action="store_true",
-                    help="matrix: --size for ViT/Swin too (default: they get 224)")
     ap.add_argument("--note", default="", help="recorded in the JSON (e.g. 'machine busy')")
     args = ap.parse_args(argv)
     if args.matrix:

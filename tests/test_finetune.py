@@ -183,7 +183,7 @@ def test_finetune_run_evaluates_like_its_summary(source_run: Path, tmp_path: Pat
 
     out = tmp_path / "ft"
     s = _finetune(out, "--from", str(source_run), "--strategy", "full", "--hidden", "16",
-                  "--drop-path", "0.1", capsys=capsys)
+                  "--dropblock", "0.1", capsys=capsys)
     loaded = load_run(out)
     assert not loaded.model.training and loaded.classes == s["classes"]
     capsys.readouterr()

@@ -42,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          "--dropout", "0.3", "--epochs", "1", "--out", str(root / "train"))
     _cli("finetune", "--from", str(root / "train"), "--dataset", "digits", "--classes", "5-9",
          "--labels-per-class", "6", "--val-fraction", "0", "--epochs", "1", "--hidden", "8",
-         "--drop-path", "0.1",
+         "--dropblock", "0.1",  # (--drop-path needs residual blocks; lenet has none)
          "--out", str(root / "finetune"))
     _cli("gan", "--limit", "8", "--batch-size", "16", "--width", "8", "--z-dim", "8",
          "--epochs", "1", "--eval-samples", "0", "--loss", "wgan-gp", "--d-dropout", "0.3",
@@ -102,7 +102,7 @@ def test_finetune_run_rebuilds_architecture_from_config(runs: dict[str, Path]) -
     head = [m for m in loaded.model.head if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features)[1] for m in head] == [8, 5]  # --hidden 8, 5 classes
     kinds = {type(m).__name__ for m in loaded.model.source.modules()}
-    assert any("DropPath" in k for k in kinds)  # --drop-path 0.1 surgery is rebuilt too
+    assert any("DropBlock" in k for k in kinds)  # --dropblock 0.1 surgery is rebuilt too
 
 
 def test_finetune_run_names_its_source_run_when_it_is_gone(runs: dict[str, Path],

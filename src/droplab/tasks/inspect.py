@@ -136,9 +136,14 @@ def build(spec: str, kwargs: dict[str, Any], device: torch.device
     return _call(factory, spec, kwargs).to(device).eval(), None
 
 
-def _flops(fn: Any) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
+def _flops(fn: Any) -> int | None:
+    """FLOPs of ``fn()``; ``None`` when torch's counter cannot follow the model (its module
+    tracker asserts on some outputs it cannot attach backward hooks to)."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    except (AssertionError, RuntimeError):
+        return None
     return int(counter.get_total_flops())
 
 
@@ -168,7 +173,7 @@ def describe(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         cached = plan.run_prefix(x)
         prefix = _flops(lambda: plan.run_prefix(x))
         suffix = _flops(lambda: plan.run_suffix(cached))
-    total = prefix + suffix
+    total = prefix + suffix if prefix is not None and suffix is not None else 0
     out["plan"] = {
         "cached": True,
         "first_stochastic": plan.first_stochastic,
@@ -176,9 +181,10 @@ def describe(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         "suffix_ops": plan.n_suffix,
         "prefix_flops": prefix,
         "suffix_flops": suffix,
-        "prefix_share": prefix / total if total else 0.0,
+        "prefix_share": prefix / total if total else None,  # type: ignore[operator]
         # T cached passes cost prefix + T·suffix; full passes cost T·(prefix + suffix)
-        "mc30_cost_in_forwards": (prefix + 30 * suffix) / total if total else 30.0,
+        "mc30_cost_in_forwards": (prefix + 30 * suffix) / total  # type: ignore[operator]
+        if total else None,
     }
     return out
 
@@ -209,7 +215,11 @@ def human(summary: dict[str, Any]) -> str:
                          f"{'yes' if r['mc'] else 'no ':<3} {'yes' if r['surgery'] else 'no'}"
                          + (f"  ({r['note']})" if r["note"] and not r["mc"] else ""))
     plan = summary["plan"]
-    if plan["cached"]:
+    if plan["cached"] and plan["prefix_share"] is None:
+        lines.append(f"prefix plan: the deterministic prefix ({plan['prefix_ops']} ops) ends at "
+                     f"{plan['first_stochastic']}; {plan['suffix_ops']} ops are replayed per "
+                     "pass (FLOPs not countable for this model)")
+    elif plan["cached"]:
         lines.append(
             f"prefix plan: the deterministic prefix ({plan['prefix_ops']} ops, "
             f"{100 * plan['prefix_share']:.1f}% of the forward FLOPs) ends at "
