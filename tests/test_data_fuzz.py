@@ -36,6 +36,9 @@ CHILD = textwrap.dedent("""
     n, n_hyp = int(sys.argv[2]), int(sys.argv[3])
     files = list(corpus(n, seed=20261201))
     out = {"decoded": 0, "refused": 0, "fast_blobs": 0, "bad": [], "multi_line": []}
+    # the high-water mark once torch, the decoders and the corpus are in memory: what the
+    # decoding itself adds is measured from here (torch's own footprint differs by build)
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def check_tensor(t):
         assert t.dtype == torch.uint8 and t.dim() == 3 and t.shape[0] in (1, 3), t.shape
@@ -90,6 +93,7 @@ CHILD = textwrap.dedent("""
         out["bad"].append(["hypothesis", traceback.format_exc()[-1500:]])
     out["files"] = n + n_hyp
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["base_mb"] = base_mb
     print(json.dumps(out))
 """)
 
@@ -112,6 +116,8 @@ def test_decoder_survives_mutated_files() -> None:
     # the mutations are neither all harmless nor all fatal: both outcomes are well represented
     assert out["decoded"] > 0.1 * N_CORPUS and out["refused"] > 0.3 * N_CORPUS, out
     assert out["fast_blobs"] >= 100, out  # validated JPEGs reached torchvision's decoder
-    # huge headers (up to 2^32-1 × 2^32-1) were refused before allocating: the child's peak
-    # RSS is torch's own footprint plus small images (no 4-byte × 50000² buffer ever made)
-    assert out["maxrss_mb"] < 1500, out
+    # huge headers (up to 2^32-1 × 2^32-1) were refused before allocating. Decoding raises the
+    # child's peak RSS by a batch of capped images and decoder scratch (about 270 MB on the
+    # dev machine; allocator behaviour differs by machine, so the bound leaves room), never
+    # by one buffer for a 50000 × 50000 header (3 B × 2.5e9 = 7.5 GB)
+    assert out["maxrss_mb"] - out["base_mb"] < 3000, out
