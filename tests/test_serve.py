@@ -299,7 +299,7 @@ def test_unexpected_error_is_a_generic_500(server, monkeypatch: pytest.MonkeyPat
     def boom(*_a, **_k):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(serve, "classify_image", boom)
+    monkeypatch.setattr(serve.app, "classify_image", boom)
     r = client.post("/v1/classify", files={"file": ("x.png", png_bytes(Image.new("L", (8, 8))))})
     msg = check_error(r, 500, "internal server error")
     assert "secret" not in msg

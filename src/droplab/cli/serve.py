@@ -37,6 +37,17 @@ def register(sub: Any) -> None:
                    help="largest upload, e.g. 10MiB (default 10 MiB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest image in pixels, checked in the header (default 40,000,000)")
+    p.add_argument("--max-uploads", type=int, default=32,
+                   help="requests holding an upload at once (being received, waiting or "
+                   "running); more get 503 + Retry-After before their body is read (default 32)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a request's line and headers may take to arrive; then 408 "
+                   "and the connection is closed (default 10)")
+    p.add_argument("--idle-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds of silence before an idle connection is closed, or a "
+                   "stalled upload gets 408 (default 10)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds a whole upload may take to arrive; then 408 (default 60)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="inferences running at once (default 1)")
     p.add_argument("--queue", type=int, default=16,
@@ -69,8 +80,10 @@ def _serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = ServeConfig(
         runs=list(args.runs), host=args.host, port=args.port, mc=args.mc,
-        max_bytes=args.max_bytes, max_pixels=args.max_pixels, concurrency=args.concurrency,
-        queue=args.queue, timeout=args.timeout, style_size=args.style_size, seed=args.seed,
+        max_bytes=args.max_bytes, max_pixels=args.max_pixels, max_uploads=args.max_uploads,
+        concurrency=args.concurrency, queue=args.queue, timeout=args.timeout,
+        header_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout, style_size=args.style_size, seed=args.seed,
         device=args.device, log_level=args.log_level,
     )
 
