@@ -58,6 +58,7 @@ import torch
 from PIL import Image
 
 from droplab.cli import main as cli
+from droplab.data import load_dataset
 from droplab.runs import atomic_write_json
 from droplab.serve import classify_image, decode_image, load_models
 
@@ -77,8 +78,6 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 
 def _images(n: int) -> list[bytes]:
-    from droplab.data import load_dataset
-
     test = load_dataset("digits").test.images
     out = []
     for i in range(n):

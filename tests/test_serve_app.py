@@ -22,7 +22,12 @@ from PIL import Image
 
 from droplab import serve
 from droplab.cli import main
+from droplab.data import load_dataset
+from droplab.imageio import pil_to_tensor
+from droplab.runs.restore import load_run
 from droplab.serve import BackgroundServer, ServeConfig, create_app
+from droplab.serve.uploads import SPOOL_BYTES
+from droplab.uncertainty import mc_predict, mutual_information, predictive_entropy
 from serve_helpers import check_error, healthy, make_runs, noise_png, png_bytes
 
 
@@ -62,9 +67,6 @@ def test_healthz_and_offline_page(server) -> None:
 
 def direct_mc(run: Path, x_uint8: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
     """MC probabilities computed without the server, from the training normalisation."""
-    from droplab.runs.restore import load_run
-    from droplab.uncertainty import mc_predict
-
     lr = load_run(run, "cpu")
     mean = torch.tensor(lr.mean).view(1, -1, 1, 1)
     std = torch.tensor(lr.std).view(1, -1, 1, 1)
@@ -74,9 +76,6 @@ def direct_mc(run: Path, x_uint8: torch.Tensor, samples: int, seed: int) -> torc
 
 
 def test_classify_matches_direct_mc_dropout(server, runs) -> None:
-    from droplab.data import load_dataset
-    from droplab.uncertainty import mutual_information, predictive_entropy
-
     client, _ = server
     test = load_dataset("digits").test
     for i in range(6):
@@ -140,9 +139,6 @@ def test_model_field(server) -> None:
 
 
 def test_stylize(server, runs) -> None:
-    from droplab.imageio import pil_to_tensor
-    from droplab.runs.restore import load_style_net as load_transformer
-
     client, _ = server
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8))
@@ -152,7 +148,7 @@ def test_stylize(server, runs) -> None:
     assert r.headers["x-droplab-model"] == "style"
     out = np.asarray(Image.open(io.BytesIO(r.content)))
     assert out.shape == (36, 40, 3)
-    net, _ = load_transformer(runs["style"])
+    net = load_run(runs["style"]).model
     with torch.no_grad():
         ref = net(pil_to_tensor(img)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     # PNG holds 8-bit values: rounding is the only difference
@@ -317,8 +313,7 @@ def test_finetune_run_is_served(runs, tmp_path: Path) -> None:
 
 
 def test_openapi_is_valid_and_describes_the_api(server) -> None:
-    from openapi_spec_validator import validate
-
+    validate = pytest.importorskip("openapi_spec_validator").validate  # the dev extra
     client, _ = server
     r = client.get("/openapi.json")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
@@ -340,10 +335,8 @@ def test_openapi_is_valid_and_describes_the_api(server) -> None:
 def test_upload_spooled_to_disk_is_classified(runs) -> None:
     """A body over the 1 MiB spool threshold (it goes to a temporary file) decodes the same
     as a small one: the 1 MiB noise image and its 64×64 crop give their own sizes."""
-    from droplab.serve import uploads
-
     big = noise_png(800, seed=3)  # ~1.9 MB of incompressible pixels
-    assert len(big) > 1.5 * uploads.SPOOL_BYTES
+    assert len(big) > 1.5 * SPOOL_BYTES
     cfg = ServeConfig(runs=[str(runs["digits"])], mc=4, device="cpu")
     with BackgroundServer(create_app(cfg)) as url, httpx.Client(base_url=url, timeout=60) as c:
         for body in (big, noise_png(64, seed=3)):

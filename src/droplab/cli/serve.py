@@ -6,7 +6,10 @@ import argparse
 import re
 from typing import Any
 
+import torch
+
 from droplab.cli.common import emit, stderr
+from droplab.errors import InvalidValue, UserError
 
 _UNITS = {"": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -69,14 +72,15 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from droplab.errors import InvalidValue
-    from droplab.serve import ServeConfig, ServedModel, serve
+    try:  # deferred: the `serve` extra (fastapi, uvicorn, python-multipart) is optional
+        from droplab.serve import ServeConfig, ServedModel, serve
+    except ImportError as exc:
+        raise UserError(f"droplab serve needs the 'serve' extra ({exc.name} is missing); "
+                        "install it with: pip install 'droplab[serve]'") from None
 
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidValue("--threads must be at least 1")
-        import torch
-
         torch.set_num_threads(args.threads)
     cfg = ServeConfig(
         runs=list(args.runs), host=args.host, port=args.port, mc=args.mc,

@@ -20,10 +20,9 @@ from torch import nn
 
 from droplab.errors import UserError
 from droplab.runs import RunDir
+from droplab.runs.restore import LoadedRun, load_run
 from droplab.runtime import resolve_device
 from droplab.serve.errors import ApiError, one_line
-from droplab.tasks.classify import load_run  # → droplab.runs.restore.load_run (runs14)
-from droplab.tasks.style import load_transformer  # → droplab.runs.restore.load_run (runs14)
 from droplab.uncertainty import stochastic_modules
 
 log = logging.getLogger("droplab.serve")
@@ -95,20 +94,21 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
         base = run.path.resolve().name or "model"
         names[base] += 1
         name = base if names[base] == 1 else f"{base}-{names[base]}"
-        if task in ("train", "finetune"):
-            out.append(_classifier(name, run.path, dev, mc))
-        elif task == "style-train":
-            net, _ = load_transformer(run.path, dev)
+        if task not in ("train", "finetune", "style-train"):
+            raise UserError(f"{run.path} is a {task!r} run; droplab serve serves classifier "
+                            "('train', 'finetune') and style network ('style-train') run folders")
+        loaded = load_run(run.path, dev)
+        if task == "style-train":
+            net = loaded.model
             out.append(StyleModel(name, run.path, net, float(net.config.get("dropout", 0.0)),
                                   dev))
         else:
-            raise UserError(f"{run.path} is a {task!r} run; droplab serve serves classifier "
-                            "('train', 'finetune') and style network ('style-train') run folders")
+            out.append(_classifier(name, run.path, loaded, dev, mc))
     return out
 
 
-def _classifier(name: str, path: Path, dev: torch.device, mc: int) -> ClassifierModel:
-    lr = load_run(path, dev)
+def _classifier(name: str, path: Path, lr: LoadedRun, dev: torch.device, mc: int
+                ) -> ClassifierModel:
     c = lr.in_shape[0]
     if c not in (1, 3):
         raise UserError(f"{path} expects {c}-channel images; droplab serve feeds "
@@ -117,7 +117,8 @@ def _classifier(name: str, path: Path, dev: torch.device, mc: int) -> Classifier
     if samples == 1:
         log.warning("%s has no dropout layer: answering with one pass (entropy only, "
                     "mutual information 0)", path)
-    return ClassifierModel(name, path, lr.model, lr.classes, lr.in_shape, lr.mean, lr.std,
+    h, w = lr.in_shape[1:]
+    return ClassifierModel(name, path, lr.model, lr.classes, (c, h, w), lr.mean, lr.std,
                            samples, dev)
 
 
