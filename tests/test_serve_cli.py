@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from droplab.cli import main
+from droplab.config import leaves
+from droplab.serve.config import ServeConfig
 from serve_helpers import REPO, make_runs, png_bytes
 
 
@@ -85,3 +87,23 @@ def test_cli_serves_until_interrupted(runs) -> None:
     assert summary["task"] == "serve" and summary["responses"] == {"200": 3, "400": 1}
 
 
+
+
+def test_help_is_generated_from_the_config_and_needs_no_web_framework() -> None:
+    """Every ServeConfig option is a flag in ``droplab serve --help`` with its default, and
+    building the parser imports neither FastAPI nor uvicorn (the optional ``serve`` extra)."""
+    code = ("import sys, contextlib, io\nfrom droplab.cli import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):\n"
+            "    main(['serve', '--help'])\n"
+            "print(buf.getvalue())\n"
+            "print('HEAVY', sorted(m for m in ('fastapi', 'uvicorn', 'starlette') "
+            "if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120, check=True).stdout
+    assert out.strip().endswith("HEAVY []"), out[-300:]
+    for leaf in leaves(ServeConfig, cli_only=True):
+        if not leaf.option.positional:
+            assert leaf.flag in out, leaf.flag
+    assert "(default 32)" in out and "(default 10)" in out  # --max-uploads, timeouts

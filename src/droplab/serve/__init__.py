@@ -18,24 +18,31 @@ One job per module:
 - :mod:`~droplab.serve.server` — socket, uvicorn, connection timeouts, :func:`serve`.
 """
 
-from droplab.serve.app import create_app
-from droplab.serve.config import ServeConfig
-from droplab.serve.errors import ApiError
-from droplab.serve.inference import classifier_input, classify_image, stylize_image
-from droplab.serve.queue import InferenceQueue, QueueFull
-from droplab.serve.registry import (
-    MAX_STYLE_SAMPLES,
-    ClassifierModel,
-    ServedModel,
-    StyleModel,
-    load_models,
-)
-from droplab.serve.server import BackgroundServer, bind_socket, make_server, serve, url_of
-from droplab.serve.uploads import ALLOWED_FORMATS, Upload, UploadGate, decode_image
+from __future__ import annotations
 
-__all__ = [
-    "ALLOWED_FORMATS", "MAX_STYLE_SAMPLES", "ApiError", "BackgroundServer", "ClassifierModel",
-    "InferenceQueue", "QueueFull", "ServeConfig", "ServedModel", "StyleModel", "Upload",
-    "UploadGate", "bind_socket", "classifier_input", "classify_image", "create_app",
-    "decode_image", "load_models", "make_server", "serve", "stylize_image", "url_of",
-]
+import importlib
+from typing import Any
+
+from droplab.serve.config import ServeConfig
+
+#: Public name → the module defining it. Loaded on first access (PEP 562) so that
+#: ``droplab.serve.config`` (the CLI's parser) imports without the optional web framework.
+_LAZY = {
+    "create_app": "app", "ApiError": "errors", "classifier_input": "inference",
+    "classify_image": "inference", "stylize_image": "inference", "InferenceQueue": "queue",
+    "QueueFull": "queue", "MAX_STYLE_SAMPLES": "registry", "ClassifierModel": "registry",
+    "ServedModel": "registry", "StyleModel": "registry", "load_models": "registry",
+    "BackgroundServer": "server", "bind_socket": "server", "make_server": "server",
+    "serve": "server", "url_of": "server", "ALLOWED_FORMATS": "uploads", "Upload": "uploads",
+    "UploadGate": "uploads", "decode_image": "uploads",
+}
+
+__all__ = ["ServeConfig", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'droplab.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"droplab.serve.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

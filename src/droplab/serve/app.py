@@ -125,7 +125,6 @@ def create_app(cfg: ServeConfig, models: list[ServedModel] | None = None) -> Fas
     ``app.state.queue`` is the :class:`InferenceQueue`, ``app.state.uploads`` the
     :class:`UploadGate`; ``app.state.counts`` counts responses by status.
     """
-    cfg.validate()
     if models is None:
         models = load_models(cfg.runs, cfg.device, cfg.mc)
     queue = InferenceQueue(cfg.concurrency, cfg.queue, cfg.timeout)

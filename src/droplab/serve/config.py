@@ -1,15 +1,34 @@
-"""Options of ``droplab serve`` (one dataclass; the CLI maps its flags onto it)."""
+"""Options of ``droplab serve``, declared once (:mod:`droplab.config`): the dataclass is the
+validation, the ``--help`` text and the command-line parser (:mod:`droplab.cli.serve`).
+
+This module imports no web framework, so the CLI can build its parser without the
+optional ``serve`` extra installed.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 
+from droplab.config import Config, option
+from droplab.engine.config import parse_device
 from droplab.errors import InvalidValue
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``10MB``, ``500k``, ``2MiB`` or a plain number of bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InvalidValue(f"--max-bytes {text!r} is not a size; write e.g. 10MB, 500kB, 2MiB "
+                           "or 1048576")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Config):
     """Options of ``droplab serve``.
 
     Limits on untrusted clients, cheapest first: ``max_uploads`` requests may hold an
@@ -23,38 +42,43 @@ class ServeConfig:
     wait; a request not answered within ``timeout`` s gets 504.
     """
 
-    runs: list[str] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    mc: int = 20
-    max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_uploads: int = 32
-    concurrency: int = 1
-    queue: int = 16
-    timeout: float = 30.0
-    header_timeout: float = 10.0
-    idle_timeout: float = 10.0
-    body_timeout: float = 60.0
-    style_size: int = 512
-    seed: int = 0
-    device: str = "auto"
-    log_level: str = "info"
+    runs: list[str] = option(factory=list, positional=True, nargs="+", metavar="RUN",
+                             help="run folders to serve (train, finetune, style-train)")
+    host: str = option("127.0.0.1", metavar="ADDR", help="address to listen on")
+    port: int = option(8000, ge=0, le=65535, help="TCP port (0: any free one)")
+    mc: int = option(20, ge=1, metavar="T", help="MC-dropout passes per classification")
+    max_bytes: int = option(10 * 2**20, ge=1, parse=parse_size, metavar="SIZE",
+                            help="largest upload, e.g. 10MiB (default 10 MiB)")
+    max_pixels: int = option(40_000_000, ge=1, metavar="N",
+                             help="largest image in pixels, read from its header before "
+                             "decoding (default 40,000,000)")
+    max_uploads: int = option(32, ge=1, metavar="N",
+                              help="requests holding an upload at once (being received, "
+                              "waiting or running); more get 503 + Retry-After before their "
+                              "body is read")
+    concurrency: int = option(1, ge=1, metavar="N", help="inferences running at once")
+    queue: int = option(16, ge=0, metavar="N",
+                        help="requests waiting beyond those; more get 503 + Retry-After")
+    timeout: float = option(30.0, gt=0, metavar="S", help="seconds before a request gets 504")
+    header_timeout: float = option(10.0, gt=0, metavar="S",
+                                   help="seconds a request's line and headers may take to "
+                                   "arrive; then 408 and the connection is closed")
+    idle_timeout: float = option(10.0, gt=0, metavar="S",
+                                 help="seconds of silence before an idle connection is "
+                                 "closed, or a stalled upload gets 408")
+    body_timeout: float = option(60.0, gt=0, metavar="S",
+                                 help="seconds a whole upload may take to arrive; then 408")
+    style_size: int = option(512, ge=1, metavar="PX",
+                             help="stylize: larger images are scaled down to this longer side")
+    threads: int | None = option(None, ge=1, metavar="N",
+                                 help="torch CPU threads (default: torch's choice)")
+    seed: int = option(0, ge=0, help="default seed of the MC-dropout masks (a request may "
+                       "pass its own)")
+    device: str = option("auto", parse=parse_device, metavar="DEVICE",
+                         help="auto|cpu|cuda|mps")
+    log_level: str = option("info", choices=("critical", "error", "warning", "info", "debug"),
+                            what="log level", help="uvicorn's log level")
 
     def validate(self) -> None:
-        """Raise a one-line :class:`InvalidValue` naming the first bad option."""
         if not self.runs:
             raise InvalidValue("give at least one run folder to serve (droplab serve RUN …)")
-        for name in ("mc", "max_bytes", "max_pixels", "max_uploads", "concurrency",
-                     "style_size"):
-            if int(getattr(self, name)) < 1:
-                raise InvalidValue(f"--{name.replace('_', '-')} must be at least 1")
-        if self.queue < 0:
-            raise InvalidValue("--queue must be 0 or more waiting requests")
-        for name in ("timeout", "header_timeout", "idle_timeout", "body_timeout"):
-            value = float(getattr(self, name))
-            if not (value > 0 and math.isfinite(value)):  # also rejects NaN
-                raise InvalidValue(f"--{name.replace('_', '-')} must be a positive, finite "
-                                   f"number of seconds, got {value:g}")
-        if not 0 <= self.port <= 65535:
-            raise InvalidValue(f"--port {self.port} is not a TCP port; use 1–65535 (0: any free)")

@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 import h11
+import torch
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -194,7 +195,8 @@ class BackgroundServer:
 def serve(cfg: ServeConfig, on_ready: Callable[[str, list[ServedModel]], None] | None = None
           ) -> dict[str, Any]:
     """Load the runs, listen, and serve until interrupted; returns a summary."""
-    cfg.validate()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     models = load_models(cfg.runs, cfg.device, cfg.mc)
     raise_open_file_limit()
     sock = bind_socket(cfg.host, cfg.port)
