@@ -23,7 +23,7 @@ from PIL import Image
 from droplab import serve
 from droplab.cli import main
 from droplab.data import load_dataset
-from droplab.imageio import pil_to_tensor
+from droplab.data.images import pil_to_tensor
 from droplab.runs.restore import load_run
 from droplab.serve import BackgroundServer, ServeConfig, create_app
 from droplab.serve.uploads import SPOOL_BYTES

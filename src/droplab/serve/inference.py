@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from droplab.imageio import encode_image, pil_to_tensor, resize_to
+from droplab.data.images import encode_image, pil_to_tensor, resize_to
 from droplab.serve.registry import ClassifierModel, StyleModel
 from droplab.serve.uploads import Upload
 from droplab.uncertainty import mc_mode, mc_predict, mutual_information, predictive_entropy

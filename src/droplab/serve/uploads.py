@@ -10,9 +10,10 @@ The order keeps everything expensive behind the cheap checks:
 3. :func:`read_upload` — the file streams into a :class:`~tempfile.SpooledTemporaryFile`:
    in memory up to :data:`SPOOL_BYTES`, on disk beyond, never held whole in memory and
    never copied whole (multipart forms are parsed while they stream);
-4. :func:`decode_image` — the content decides the type, never the name: a small format
-   allow-list (so e.g. EPS never reaches Ghostscript), the pixel count read from the header
-   and checked before any pixel is decoded (decompression bombs), then decoding to RGB.
+4. :func:`decode_image` — the one decoder (:mod:`droplab.data.decode`): the content
+   decides the type, never the name (a small format allow-list, so e.g. EPS never reaches
+   Ghostscript), the pixel count read from the header and checked before any pixel is
+   decoded (decompression bombs), then decoding to 8-bit RGB.
 
 Every refusal is an :class:`~droplab.serve.errors.ApiError` with a one-line message.
 """
@@ -20,25 +21,24 @@ Every refusal is an :class:`~droplab.serve.errors.ApiError` with a one-line mess
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
-import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
 from typing import IO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from droplab.imageio import _to_rgb  # → the one decoder of droplab.data (data14)
+from droplab.data import decode
+from droplab.errors import ImageReadError
 from droplab.serve.config import ServeConfig
 from droplab.serve.errors import ApiError, one_line
 
 #: Formats the server decodes; everything else is 415 (the content decides, not the name).
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+ALLOWED_FORMATS: tuple[str, ...] = decode.ALLOWED_FORMATS
 #: Body bytes kept in memory per upload; the rest is spooled to a temporary file.
 SPOOL_BYTES = 1 << 20
 #: Multipart framing allowance on top of ``max_bytes`` for the whole request body.
@@ -222,56 +222,25 @@ class Upload:
     height: int
 
 
-def _is_empty(source: bytes | IO[bytes]) -> bool:
-    if isinstance(source, bytes | bytearray):
-        return not source
-    pos = source.tell()
-    empty = source.seek(0, io.SEEK_END) == 0
-    source.seek(pos)
-    return empty
-
-
 def decode_image(source: bytes | IO[bytes], max_pixels: int) -> Upload:
-    """Decode untrusted bytes (or a binary file) into an RGB image, or raise
-    :class:`ApiError`.
+    """Decode untrusted bytes (or a spooled upload) with the one decoder,
+    :func:`droplab.data.decode.decode_image`, or raise :class:`ApiError`.
 
     400 empty / truncated / corrupt; 413 more than ``max_pixels`` declared in the header
-    (checked before any pixel is decoded); 415 not one of :data:`ALLOWED_FORMATS`.
-    EXIF orientation is applied; CMYK, palette, alpha and 16-bit images become 8-bit RGB
-    (:mod:`droplab.imageio`).
+    (checked before any pixel is decoded); 415 not one of :data:`ALLOWED_FORMATS` (the
+    content decides, not the name). EXIF orientation is applied; CMYK, palette, alpha and
+    16-bit images become 8-bit RGB. A spool is read whole here, inside the inference job,
+    so at most ``--concurrency`` compressed uploads are in memory at once.
     """
-    if _is_empty(source):
+    data = source if isinstance(source, bytes | bytearray) else source.read()
+    if not data:
         raise ApiError(400, "the uploaded file is empty; choose an image file")
-    fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(fp, formats=ALLOWED_FORMATS)
-        except UnidentifiedImageError:
-            raise ApiError(415, "the upload is not an image this server reads (the content "
-                           f"was checked, not the name); send {', '.join(ALLOWED_FORMATS)}"
-                           ) from None
-        except Image.DecompressionBombError:
-            raise ApiError(413, "the image declares too many pixels (a decompression bomb?); "
-                           f"the limit is {max_pixels:,} pixels") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ApiError(400, f"the image header cannot be read ({one_line(exc)}); the file "
-                           "may be truncated or corrupt") from None
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ApiError(413, f"the image is {w}×{h} = {w * h:,} pixels, over this server's "
-                           f"limit of {max_pixels:,}; downscale it first")
-        if w < 1 or h < 1:
-            raise ApiError(400, f"the image has no pixels ({w}×{h})")
-        fmt = str(img.format)
-        try:
-            img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
-        except Image.DecompressionBombError:
-            raise ApiError(413, f"the image is too large to decode safely; the limit is "
-                           f"{max_pixels:,} pixels") from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-            reason = one_line(exc) or type(exc).__name__
-            raise ApiError(400, f"the {fmt} image cannot be decoded ({reason}); send an intact "
-                           "file") from None
-    return Upload(rgb, fmt, w, h)
+    try:
+        d = decode.decode_image(data, max_pixels=max_pixels, name="the upload")
+    except decode.ImageTooLarge as exc:
+        raise ApiError(413, str(exc)) from None
+    except decode.UnsupportedImage as exc:
+        raise ApiError(415, str(exc)) from None
+    except ImageReadError as exc:
+        raise ApiError(400, str(exc)) from None
+    return Upload(d.image, d.format, d.width, d.height)
