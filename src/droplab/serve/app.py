@@ -137,7 +137,7 @@ def create_app(cfg: ServeConfig, models: list[ServedModel] | None = None) -> Fas
         queue.shutdown()
 
     app = FastAPI(title="droplab", summary="MC-dropout classification and style transfer",
-                  version=__version__,                  docs_url=None, redoc_url=None, lifespan=lifespan)
+                  version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.queue = queue
     app.state.uploads = gate
     app.state.models = models
