@@ -13,13 +13,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from browser import chromium_page, requires_chromium
 from droplab.serve import BackgroundServer, ServeConfig, create_app
-from test_serve import _one_thread, runs  # noqa: F401  (module fixtures)
+from serve_helpers import make_runs
 
 pytestmark = requires_chromium
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_runs(tmp_path_factory)
 
 
 def wait_until(page, expression: str, timeout: float = 30.0) -> None:
@@ -32,8 +38,8 @@ def wait_until(page, expression: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_page_classifies_and_stylizes_in_chromium(runs: dict[str, Path],  # noqa: F811
-                                                  tmp_path: Path) -> None:
+def test_page_classifies_and_stylizes_in_chromium(runs: dict[str, Path], tmp_path: Path
+                                                  ) -> None:
     digit = tmp_path / "digit.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)).save(digit)
     text = tmp_path / "notes.png"

@@ -1,21 +1,12 @@
-"""``droplab serve`` over real HTTP on loopback (uvicorn in a background thread, httpx).
-
-The runs are real: a tiny digits MLP trained for one epoch and a tiny style network trained
-for two steps, both through ``droplab.cli.main`` once per module.
-"""
+"""``droplab serve`` over real HTTP on loopback (uvicorn in a background thread, httpx):
+the API's answers, its errors, the queue and the OpenAPI description."""
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
-import signal
-import socket
 import statistics
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -31,46 +22,18 @@ from PIL import Image
 
 from droplab import serve
 from droplab.cli import main
+from droplab.data import load_dataset
+from droplab.data.images import pil_to_tensor
+from droplab.runs.restore import load_run
 from droplab.serve import BackgroundServer, ServeConfig, create_app
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny models are fastest so, and a loaded 2-core machine with
-    2-thread torch was measured ~100× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
+from droplab.serve.uploads import SPOOL_BYTES
+from droplab.uncertainty import mc_predict, mutual_information, predictive_entropy
+from serve_helpers import check_error, healthy, make_runs, noise_png, png_bytes
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serve")
-    os.environ["DROPLAB_PROGRESS"] = "0"
-    digits = root / "digits"
-    assert main(["train", "--dataset", "digits", "--model", "mlp", "--widths", "32",
-                 "--dropout", "0.3", "--epochs", "1", "--device", "cpu", "--out",
-                 str(digits)]) == 0
-    content = root / "content"
-    content.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(content / f"{i}.png")
-    style = root / "style"
-    assert main(["style-train", "--style", "coffee", "--content-dir", str(content),
-                 "--steps", "2", "--image-size", "32", "--batch-size", "2", "--width", "4",
-                 "--n-residual", "1", "--encoder", "random", "--dropout", "0.3",
-                 "--device", "cpu", "--out", str(style)]) == 0
-    return {"digits": digits, "style": style, "root": root}
+    return make_runs(tmp_path_factory)
 
 
 CFG = dict(mc=8, max_bytes=300_000, max_pixels=1_000_000, concurrency=2, queue=32,
@@ -83,23 +46,6 @@ def server(runs: dict[str, Path]):
     app = create_app(cfg)
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client, app
-
-
-def check_error(r: httpx.Response, status: int, *words: str) -> str:
-    """A one-line JSON error with the expected status and no server internals."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) == {"error"} and "\n" not in body["error"] and body["error"]
-    assert "Traceback" not in r.text and 'File "' not in r.text
-    for w in words:
-        assert w in body["error"], body["error"]
-    return body["error"]
-
-
-def healthy(client: httpx.Client) -> None:
-    r = client.get("/healthz")
-    assert r.status_code == 200 and r.json()["ok"] is True
 
 
 # ------------------------------------------------------------------------------ API
@@ -121,9 +67,6 @@ def test_healthz_and_offline_page(server) -> None:
 
 def direct_mc(run: Path, x_uint8: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
     """MC probabilities computed without the server, from the training normalisation."""
-    from droplab.runs.restore import load_run
-    from droplab.uncertainty import mc_predict
-
     lr = load_run(run, "cpu")
     mean = torch.tensor(lr.mean).view(1, -1, 1, 1)
     std = torch.tensor(lr.std).view(1, -1, 1, 1)
@@ -133,9 +76,6 @@ def direct_mc(run: Path, x_uint8: torch.Tensor, samples: int, seed: int) -> torc
 
 
 def test_classify_matches_direct_mc_dropout(server, runs) -> None:
-    from droplab.data import load_dataset
-    from droplab.uncertainty import mutual_information, predictive_entropy
-
     client, _ = server
     test = load_dataset("digits").test
     for i in range(6):
@@ -199,9 +139,6 @@ def test_model_field(server) -> None:
 
 
 def test_stylize(server, runs) -> None:
-    from droplab.imageio import pil_to_tensor
-    from droplab.runs.restore import load_style_net as load_transformer
-
     client, _ = server
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8))
@@ -211,7 +148,7 @@ def test_stylize(server, runs) -> None:
     assert r.headers["x-droplab-model"] == "style"
     out = np.asarray(Image.open(io.BytesIO(r.content)))
     assert out.shape == (36, 40, 3)
-    net, _ = load_transformer(runs["style"])
+    net = load_run(runs["style"]).model
     with torch.no_grad():
         ref = net(pil_to_tensor(img)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     # PNG holds 8-bit values: rounding is the only difference
@@ -299,7 +236,7 @@ def test_unexpected_error_is_a_generic_500(server, monkeypatch: pytest.MonkeyPat
     def boom(*_a, **_k):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(serve, "classify_image", boom)
+    monkeypatch.setattr(serve.app, "classify_image", boom)
     r = client.post("/v1/classify", files={"file": ("x.png", png_bytes(Image.new("L", (8, 8))))})
     msg = check_error(r, 500, "internal server error")
     assert "secret" not in msg
@@ -354,61 +291,6 @@ def test_bounded_load(server) -> None:
     assert h["queue"]["running"] == 0 and h["queue"]["waiting"] == 0
 
 
-# ------------------------------------------------------------------------------ CLI
-def test_cli_rejects_invalid_runs(runs, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    gan = tmp_path / "gan"
-    gan.mkdir()
-    (gan / "config.json").write_text(json.dumps({"task": "gan"}))
-    nockpt = tmp_path / "nockpt"
-    nockpt.mkdir()
-    (nockpt / "config.json").write_text(json.dumps({"task": "train"}))
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text("{not json")
-    cases = [(tmp_path / "missing", "does not exist"), (tmp_path, "not a droplab run"),
-             (gan, "'gan' run"), (nockpt, "checkpoint"), (broken, "not valid JSON")]
-    for path, words in cases:
-        assert main(["serve", str(runs["digits"]), str(path), "--port", "0"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("droplab serve: error:") and "\n" not in err, err
-        assert words in err, err
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
-        assert main(["serve", str(runs["digits"]), "--port", str(port)]) == 2
-        assert "cannot listen" in capsys.readouterr().err
-    assert main(["serve", str(runs["digits"]), "--queue", "-1"]) == 2
-    assert "--queue" in capsys.readouterr().err
-    assert main(["serve", str(runs["digits"]), "--max-bytes", "ten"]) == 2
-
-
-def test_cli_serves_until_interrupted(runs) -> None:
-    """The real command in a subprocess: page, health, classify; Ctrl-C → summary."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DROPLAB_PROGRESS": "0",
-           "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "droplab", "serve", str(runs["digits"]), "--port", "0",
-         "--max-bytes", "1MB", "--log-level", "warning", "--threads", "1", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stderr.readline()  # printed once the socket listens
-        assert line.startswith("droplab serve: http://127.0.0.1:"), line
-        url = line.split()[2].rstrip("/")
-        with httpx.Client(base_url=url, timeout=60) as client:
-            assert "<script>" in client.get("/").text
-            assert client.get("/healthz").json()["limits"]["max_bytes"] == 1_000_000
-            r = client.post("/v1/classify",
-                            files={"file": ("x.png", png_bytes(Image.new("L", (8, 8), 9)))})
-            assert r.status_code == 200 and r.json()["label"] in [str(i) for i in range(10)]
-            assert client.post("/v1/classify").status_code == 400
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["task"] == "serve" and summary["responses"] == {"200": 3, "400": 1}
-
 
 def test_finetune_run_is_served(runs, tmp_path: Path) -> None:
     """A ``droplab finetune`` run answers /v1/classify like a ``train`` run."""
@@ -427,3 +309,41 @@ def test_finetune_run_is_served(runs, tmp_path: Path) -> None:
     assert body["model"] == "ft" and body["label"] in model.classes
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert body["mc_samples"] == 8 and body["mutual_information"] >= 0.0
+
+
+
+def test_openapi_is_valid_and_describes_the_api(server) -> None:
+    validate = pytest.importorskip("openapi_spec_validator").validate  # the dev extra
+    client, _ = server
+    r = client.get("/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    spec = r.json()
+    validate(spec)  # raises on an invalid OpenAPI document
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["paths"]) == {"/healthz", "/v1/classify", "/v1/stylize"}  # not the page
+    for path, options in (("/v1/classify", {"model", "seed"}),
+                          ("/v1/stylize", {"model", "seed", "samples"})):
+        post = spec["paths"][path]["post"]
+        form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == ["file"] and set(form["properties"]) == {"file", *options}
+        assert {"image/*", "application/octet-stream"} <= set(post["requestBody"]["content"])
+        assert {p["name"] for p in post["parameters"]} == options
+        assert {"200", "400", "408", "413", "415", "422", "503", "504"} <= set(post["responses"])
+    assert "image/png" in spec["paths"]["/v1/stylize"]["post"]["responses"]["200"]["content"]
+
+
+def test_upload_spooled_to_disk_is_classified(runs) -> None:
+    """A body over the 1 MiB spool threshold (it goes to a temporary file) decodes the same
+    as a small one: the 1 MiB noise image and its 64×64 crop give their own sizes."""
+    big = noise_png(800, seed=3)  # ~1.9 MB of incompressible pixels
+    assert len(big) > 1.5 * SPOOL_BYTES
+    cfg = ServeConfig(runs=[str(runs["digits"])], mc=4, device="cpu")
+    with BackgroundServer(create_app(cfg)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        for body in (big, noise_png(64, seed=3)):
+            r = c.post("/v1/classify", files={"file": ("x.png", body)})
+            assert r.status_code == 200, r.text
+            side = 800 if body is big else 64
+            assert r.json()["input"] == {"format": "PNG", "width": side, "height": side}
+            raw = c.post("/v1/classify", content=body, headers={"content-type": "image/png"})
+            assert raw.json()["probabilities"] == r.json()["probabilities"]
+        assert healthy(c)["uploads"] == {"in_flight": 0, "max_uploads": 32}
