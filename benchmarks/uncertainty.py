@@ -30,17 +30,18 @@ import dataclasses
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from droplab import data as D
+from droplab.engine import fit, predict_proba
 from droplab.engine.config import TrainConfig
 from droplab.models import ModelConfig, build_model
 from droplab.runs import atomic_write_json
 from droplab.runtime import seed_everything
-from droplab.train import fit, predict_proba
 from droplab.uncertainty import (
     adaptive_calibration_error,
     aurc,
@@ -58,7 +59,7 @@ from droplab.uncertainty import (
 )
 from droplab.uncertainty import laplace as LA
 
-HERE = __import__("pathlib").Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
 
 
 def _mc(model: nn.Module, loader: D.Loader, t: int, seed: int) -> Tensor:

@@ -14,7 +14,8 @@ Data") on any droplab dataset and classifier:
 3. ``rounds`` acquisitions give ``rounds + 1`` evaluated models.
 
 Training length is given in optimiser *steps* per round (``train_steps``): with 20 labels
-an epoch is one batch, so epochs would mean nothing. The run folder holds ``config.json``,
+an epoch is one batch, so epochs would mean nothing; each round trains one pass over the
+labelled images repeated (and shuffled) to fill ``train_steps`` batches. The run folder holds ``config.json``,
 ``metrics.jsonl`` (one line per round: ``round, labels, test_acc, test_nll, test_ece,
 val_acc, acquired, train_s, score_s, time_s``), ``checkpoint.pt`` after every round
 (labelled set, acquisition order, warm-start weights) and ``summary.json``; ``--resume``
@@ -36,13 +37,13 @@ from torch import Tensor, nn
 
 from droplab import data as D
 from droplab.config import Config, option, section
+from droplab.engine import fit, predict_proba
 from droplab.engine.config import DataConfig, RunConfig, TrainConfig
 from droplab.engine.resume import open_run
 from droplab.errors import InvalidValue
 from droplab.models import ModelConfig, build_model
 from droplab.runs import RunDir
 from droplab.runtime import progress, resolve_device, seed_everything
-from droplab.train import fit, predict_proba
 from droplab.uncertainty import (
     ACQUISITIONS,
     acquire,
@@ -160,13 +161,15 @@ def _train(cfg: ActiveConfig, bundle: D.DatasetBundle, split: Split, device: tor
     if model is None or not cfg.active.warm_start:
         model = build(cfg, bundle)
     bs = cfg.train.batch_size
-    steps_per_epoch = -(-len(split.labelled) // bs)
-    epochs = max(1, -(-cfg.active.train_steps // steps_per_epoch))
-    tcfg = dataclasses.replace(cfg.train, epochs=epochs)
-    common = dict(mean=bundle.mean, std=bundle.std, device=device)
-    train_loader = D.Loader(bundle.train, torch.tensor(split.labelled), batch_size=bs,
-                            shuffle=True, seed=_round_seed(cfg.run.seed, r),
-                            drop_last=len(split.labelled) % bs == 1, **common)
+    # one "epoch" of train_steps batches: the labelled images repeated, shuffled together
+    # (with 20 labels an epoch is a single batch, and per-epoch work would dominate)
+    n = len(split.labelled)
+    reps = max(1, -(-cfg.active.train_steps * bs // n))
+    indices = torch.tensor(split.labelled).repeat(reps)
+    tcfg = dataclasses.replace(cfg.train, epochs=1)
+    train_loader = D.Loader(bundle.train, indices, batch_size=bs, shuffle=True,
+                            seed=_round_seed(cfg.run.seed, r), drop_last=n * reps % bs == 1,
+                            mean=bundle.mean, std=bundle.std, device=device)
     fit(model, train_loader, None, tcfg, device=device)
     return model
 
