@@ -66,6 +66,28 @@ def test_cli_run_writes_one_record_per_round(tmp_path: Path) -> None:
     assert records[0]["scored"] == 400 - 10 - 20 and records[0]["cached"] is True
     assert json.loads((out / "summary.json").read_text())["final_labels"] == 20
     assert (out / "config.json").exists()
+    # droplab report plots accuracy against labels for it
+    page = tmp_path / "report.html"
+    assert main(["report", str(out), "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "Accuracy vs labels" in html
+    assert (tmp_path / "report_files" / "accuracy_vs_labels.png").stat().st_size > 1000
+
+
+def test_report_curves_are_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    from droplab.report.active import curves, plot_accuracy_vs_labels
+    from droplab.report.collect import RunRecord
+
+    def rec(acq: str, accs: list[float]) -> RunRecord:
+        return RunRecord(tmp_path, acq, "active", {}, {"acquisition": acq, "labels": [20, 30],
+                                                       "test_acc": accs}, [])
+
+    recs = [rec("bald", [0.5, 0.7]), rec("bald", [0.6, 0.9]), rec("random", [0.5, 0.6])]
+    got = curves(recs)
+    assert got == {"bald": {20: [0.5, 0.6], 30: [0.7, 0.9]}, "random": {20: [0.5], 30: [0.6]}}
+    png = plot_accuracy_vs_labels(recs)
+    assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_accuracy_vs_labels([]) is None
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_result(
