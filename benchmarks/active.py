@@ -19,7 +19,7 @@ CNN. Medians of ``--repeats``; the CPU may be shared, so only ratios mean someth
         --rounds 100 --functions bald,variation-ratios,max-entropy,mean-std,random
     python benchmarks/active.py scoring --data-root ../shared/datasets --pool 10000 --mc 20
 
-Writes ``benchmarks/results/active.json`` (``table``) and ``active-scoring.json``.
+Writes ``benchmarks/results/active-<dataset>.json`` (``table``) and ``active-scoring.json``.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
                           "reached": f"{len(reached)}/{len(vals)} within {max_acq}"}
         rows[fn] = row
     result = {"protocol": vars(args), "machine": _machine(), "rows": rows, "runs": runs}
-    atomic_write_json(HERE / "results" / "active.json", result)
+    atomic_write_json(HERE / "results" / f"active-{args.dataset}.json", result)
     return result
 
 
