@@ -19,7 +19,7 @@ from droplab.errors import UserError
 
 #: Subcommand modules, in the order ``droplab --help`` lists them.
 MODULES: list[str] = ["train", "report", "finetune", "sweep", "gan", "style", "serve",
-                      "inspect"]
+                      "inspect", "active"]
 
 
 def build_parser() -> Parser:

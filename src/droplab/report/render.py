@@ -17,6 +17,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from droplab.report.active import plot_accuracy_vs_labels
 from droplab.report.collect import RunRecord
 from droplab.report.figures import (
     plot_learning_curves,
@@ -213,6 +214,11 @@ def build_sections(records: Sequence[RunRecord], skipped: Sequence[Skipped],
         curves.append(plots.add(f"curves_{task}", png, f"learning curves ({task})"))
     if any(curves):
         sections.append(Section("curves", "Learning curves", "curves", [c for c in curves if c]))
+
+    active_plot = plots.add("accuracy_vs_labels", plot_accuracy_vs_labels(records),
+                            "active learning: test accuracy vs labels (mean ± std over seeds)")
+    if active_plot is not None:
+        sections.append(Section("active", "Accuracy vs labels", "curves", [active_plot]))
 
     cards = [v for v in views if v.compact and not v.empty]
     if cards:

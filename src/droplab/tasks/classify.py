@@ -33,6 +33,7 @@ from droplab.engine import Callback, predict_proba
 from droplab.engine.classifier import TASK, ClassifyConfig, train_classifier
 from droplab.engine.config import ClassifyDataConfig, RunConfig, parse_device
 from droplab.errors import InvalidValue
+from droplab.evaluate import selective as S
 from droplab.runs import RunDir, atomic_write_bytes, atomic_write_json
 from droplab.runs.restore import load_run
 from droplab.runtime import resolve_device
@@ -44,6 +45,7 @@ from droplab.uncertainty import (
     negative_log_likelihood,
     ood_auroc,
     predictive_entropy,
+    stack_members,
 )
 
 
@@ -101,13 +103,19 @@ class EvaluateConfig(Config):
     seed: int = option(0, help="seed of the MC passes")
     device: str = option("auto", parse=parse_device, metavar="DEVICE",
                          help="auto, cpu, cuda[:N] or mps")
+    temperature: bool = option(False, help="fit temperature scaling on the run's validation "
+                               "split and store it in RUN/temperature.json (used from then "
+                               "on by evaluate and serve)")
+    ensemble: list[str] = option(factory=list, nargs="+", metavar="RUN",
+                                 help="more runs of the same classes: also evaluate the deep "
+                                 "ensemble of RUN and these (with --mc: MC over the ensemble)")
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """``droplab evaluate``: :func:`evaluate_run` with the command's options."""
     return evaluate_run(cfg.run_dir, mc=cfg.mc, ood=cfg.ood, device=cfg.device,
                         data_root=cfg.data_root, batch_size=cfg.batch_size, limit=cfg.limit,
-                        seed=cfg.seed)
+                        seed=cfg.seed, temperature=cfg.temperature, ensemble=cfg.ensemble)
 
 
 def evaluate_run(
@@ -122,6 +130,8 @@ def evaluate_run(
     ood_samples: int = 30,
     limit: int | None = None,
     seed: int = 0,
+    temperature: bool = False,
+    ensemble: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Evaluate a trained run on its test split; write figures and ``evaluation.json``.
 
@@ -131,6 +141,12 @@ def evaluate_run(
     test images (converted to the run's channels and size) by MC mutual information
     (``T = mc`` or ``ood_samples``) and by ``1 - max softmax probability``. ``limit`` caps
     images per class of both sets (quick checks).
+
+    Beside MC dropout (:mod:`droplab.evaluate.selective`): adaptive ECE and AURC for every
+    prediction; ``temperature=True`` fits temperature scaling on the run's validation split
+    and stores it (``temperature.json``); a stored temperature adds ``ts_*`` (and with
+    ``mc``, ``mc_ts_*``) figures; ``ensemble`` (other run folders) adds the deep ensemble's
+    ``ens_*`` figures. Writes ``risk_coverage.png`` beside the other figures.
     """
     if int(mc) < 0:
         raise InvalidValue(f"--mc must be a number of passes >= 0, got {mc}")
@@ -191,16 +207,80 @@ def evaluate_run(
             "mutual_information_in": float(mi_in.mean()),
             "mutual_information_out": float(mi_out.mean()),
         })
+        out.update(S.ood_metrics(mi_in, mi_out, "mutual_information"))
+        out.update(S.ood_metrics(1 - probs.max(1).values, 1 - p_out.max(1).values, "max_prob"))
     run = RunDir(loaded.run_dir)
+    curves: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {"deterministic": (probs, labels,
+                                                                                 None)}
+    out.update(S.selective_metrics(probs, labels))
+    if mc_in is not None and mc > 0:
+        out.update(S.selective_metrics(mc_in.mean(0), labels, "mc_"))
+        curves[f"MC T={mc} by mutual information"] = (mc_in.mean(0), labels,
+                                                      mutual_information(mc_in))
+    if temperature:
+        val = S.validation_part(bundle.train, data.val_fraction,
+                                RunConfig.from_section(loaded.config, "run").seed)
+        if val is None:
+            raise InvalidValue(f"{loaded.run_dir} was trained without a validation split "
+                               "(--val-fraction 0); temperature scaling needs one")
+        val_loader = D.Loader(val, None, **kw)
+        p_val, y_val = predict_proba(model, val_loader, device)
+        record = S.fit_run_temperature(
+            p_val, y_val, _mc_probs(model, val_loader, int(mc), seed + 2) if mc > 0 else None)
+        S.write_temperature(run.path, record)
+    temps = S.read_temperature(run.path)
+    if temps is not None and "deterministic" in temps:
+        t = temps["deterministic"]
+        ts = t.apply_to_probs(probs)
+        extra[f"temperature {t.temperature:.2f}"] = ts
+        out.update(_figures(ts, labels, n_bins, "ts_"), temperature=t.temperature)
+        curves["temperature scaled"] = (ts, labels, None)
+    if temps is not None and "mc" in temps and mc_in is not None and mc > 0:
+        t = temps["mc"]
+        mc_ts = t.apply_to_probs(mc_in).mean(0)
+        out.update(_figures(mc_ts, labels, n_bins, "mc_ts_"), mc_temperature=t.temperature)
+    if ensemble:
+        members = S.ensemble_members(ensemble, device, loaded)
+        ens = _ensemble_probs([loaded, *members], bundle.test, batch_size, device, int(mc), seed)
+        mean = ens.mean(0)
+        extra[f"ensemble of {len(members) + 1}"] = mean
+        out.update(_figures(mean, labels, n_bins, "ens_"), ensemble_size=len(members) + 1,
+                   ens_mutual_information=float(mutual_information(ens).mean()))
+        curves[f"ensemble of {len(members) + 1}"] = (mean, labels, None)
+    S.risk_coverage_plot(curves, run / "risk_coverage.png",
+                         title=f"Risk–coverage ({bundle.name}, test)")
     plots.reliability_diagram(probs, labels, run / "reliability.png", n_bins=n_bins, extra=extra,
                               title=f"Reliability ({bundle.name}, test)")
     plots.confusion_matrix_plot(labels, probs.argmax(1), loaded.classes, run / "confusion.png",
                                 title=f"Confusion matrix ({bundle.name}, test)")
-    out["figures"] = [str(run / "reliability.png"), str(run / "confusion.png")]
+    out["figures"] = [str(run / "reliability.png"), str(run / "confusion.png"),
+                      str(run / "risk_coverage.png")]
     if mc_in is not None:  # per-image uncertainty, for the report's histograms
         _write_uncertainty(run / "uncertainty.npz", mc_in, labels)
     atomic_write_json(run / "evaluation.json", out)
     return out
+
+
+def _figures(probs: Tensor, labels: Tensor, n_bins: int, prefix: str) -> dict[str, float]:
+    """Accuracy, NLL, ECE, Brier, adaptive ECE and AURC under ``prefix``."""
+    return {f"{prefix}acc": float((probs.argmax(1) == labels).double().mean()),
+            f"{prefix}nll": _nll(probs, labels),
+            f"{prefix}ece": float(expected_calibration_error(probs, labels, n_bins)),
+            f"{prefix}brier": float(brier_score(probs, labels)),
+            **S.selective_metrics(probs, labels, prefix)}
+
+
+def _ensemble_probs(runs: Sequence[Any], test: D.ImageData, batch_size: int,
+                    device: torch.device, mc: int, seed: int) -> Tensor:
+    """Members' test probabilities stacked as passes: ``(M, N, K)``, or ``(M·T, N, K)``
+    with MC dropout inside each member. Each member normalises with its own statistics."""
+    parts = []
+    for i, r in enumerate(runs):
+        loader = D.Loader(test, None, batch_size=batch_size, shuffle=False, mean=r.mean,
+                          std=r.std, device=device)
+        parts.append(_mc_probs(r.model, loader, mc, seed + 10 * i) if mc > 0
+                     else predict_proba(r.model, loader, device)[0])
+    return stack_members(parts).float()
 
 
 def _write_uncertainty(path: Path, mc_probs: Tensor, labels: Tensor) -> None:
