@@ -2,8 +2,9 @@
 
 Forward + backward time of every variant on one (N, C, H, W) float32 tensor
 (64×128×28×28 by default), as a ratio to ``torch.nn.Dropout`` and ``torch.nn.Dropout2d``
-measured in the same run (median over repeats, variants interleaved so that load changes
-hit all of them alike), plus each variant's measured drop fraction at p = 0.1, block 7,
+measured in the same run (variants interleaved so that load changes hit all of them
+alike): the median wall-clock time, and the CPU time of each variant's best round (on a
+machine shared with other jobs the CPU-time ratios are the steadier figure), plus each variant's measured drop fraction at p = 0.1, block 7,
 and the DropBlock drop fraction at p = 0.1 for several map sizes (droplab vs timm vs
 torchvision).
 
@@ -14,6 +15,7 @@ the plain layers are timed too, so their overhead can be read off.
 
     python benchmarks/layers.py            # full run, ~ a few minutes on 2 busy cores
     python benchmarks/layers.py --quick    # fewer repeats, smaller fraction samples
+    python benchmarks/layers.py --channels-last   # the input in channels-last layout
 
 Writes ``benchmarks/results/layers.json``.
 """
@@ -21,6 +23,7 @@ Writes ``benchmarks/results/layers.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -100,19 +103,26 @@ def is_zeroing(name: str) -> bool:
 
 
 def time_forward_backward(mods: dict[str, nn.Module], x: torch.Tensor, repeats: int,
-                          warmup: int = 2) -> dict[str, list[float]]:
+                          warmup: int = 2) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and CPU seconds (``time.process_time``: all threads) of each variant.
+
+    On a machine shared with other jobs the wall clock also counts the time this process
+    waited for a core; CPU time does not, so its ratios are the steadier figure there.
+    """
     grad = torch.ones_like(x)
-    times: dict[str, list[float]] = {name: [] for name in mods}
+    wall: dict[str, list[float]] = {name: [] for name in mods}
+    cpu: dict[str, list[float]] = {name: [] for name in mods}
     for r in range(warmup + repeats):
         for name, mod in mods.items():  # interleaved: every round times every variant
             x.grad = None
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             y = mod(x)
             y.backward(grad)
-            elapsed = time.perf_counter() - start
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             if r >= warmup:
-                times[name].append(elapsed)
-    return times
+                wall[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
+    return wall, cpu
 
 
 @torch.no_grad()
@@ -131,8 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--p", type=float, default=0.1)
     ap.add_argument("--block", type=int, default=7)
+    ap.add_argument("--channels-last", action="store_true",
+                    help="time on a channels-last input (as in channels_last training)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (1 is steadier on a shared CPU)")
+    ap.add_argument("--note", default="", help="free text stored with the results "
+                    "(e.g. 'machine busy')")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.threads:
@@ -144,12 +158,18 @@ def main(argv: list[str] | None = None) -> dict:
     mods = variants(args.p, args.block, c, s)
     for m in mods.values():
         m.train()
-    x = torch.randn(n, c, s, s, requires_grad=True)
+    x = torch.randn(n, c, s, s)
+    if args.channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
     print(f"timing {len(mods)} variants on {tuple(x.shape)} float32, {repeats} rounds",
           file=sys.stderr)
-    times = time_forward_backward(mods, x, repeats)
+    times, cpu_times = time_forward_backward(mods, x, repeats)
     med = {name: statistics.median(t) for name, t in times.items()}
     ref, ref2d = med["torch nn.Dropout"], med["torch nn.Dropout2d"]
+    # CPU time: the least-disturbed round (min) of each variant
+    cpu = {name: min(t) for name, t in cpu_times.items()}
+    cref, cref2d = cpu["torch nn.Dropout"], cpu["torch nn.Dropout2d"]
 
     # per-sample variants (DropPath, shared DropBlock masks) need many samples: pool calls
     frac_shape, calls = (n, c, s, s), (3 if args.quick else 10)
@@ -161,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
             "median_ms": round(med[name] * 1e3, 2),
             "vs_nn_dropout": round(med[name] / ref, 3),
             "vs_nn_dropout2d": round(med[name] / ref2d, 3),
+            "cpu_ms": round(cpu[name] * 1e3, 2),
+            "cpu_vs_nn_dropout": round(cpu[name] / cref, 3),
+            "cpu_vs_nn_dropout2d": round(cpu[name] / cref2d, 3),
             "drop_fraction": round(zero_fraction(mod, frac_shape, calls), 4) if zeroing else None,
         })
 
@@ -175,10 +198,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/layers.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "shape": [n, c, s, s],
+        "memory_format": "channels_last" if args.channels_last else "contiguous",
         "p": args.p,
         "block_size": args.block,
         "repeats": repeats,
-        "timing": "forward + backward (y.backward(ones)), median of interleaved rounds",
+        "timing": ("forward + backward (y.backward(ones)) of interleaved rounds: wall clock "
+                   "median, and CPU time (process_time, all threads) of the best round"),
         "reference_ms": {"nn.Dropout": round(ref * 1e3, 2), "nn.Dropout2d": round(ref2d * 1e3, 2)},
         "variants": rows,
         "dropblock_fraction_by_map_size": by_size,
@@ -187,7 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "note": "shared 2-core CPU, other jobs running: ratios only, timings are noisy",
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "cpus": os.cpu_count(),
+            "note": args.note,
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,12 +225,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 def print_table(result: dict) -> None:
     line: Callable[[str], None] = print
-    line(f"| variant | ms | × nn.Dropout | × nn.Dropout2d | drop fraction (p={result['p']}) |")
-    line("|---|---:|---:|---:|---:|")
+    line(f"| variant | wall ms | × nn.Dropout | × nn.Dropout2d | CPU ms | CPU × nn.Dropout "
+         f"| CPU × nn.Dropout2d | drop fraction (p={result['p']}) |")
+    line("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["variants"]:
         frac = "–" if r["drop_fraction"] is None else f"{r['drop_fraction']:.4f}"
         line(f"| {r['variant']} | {r['median_ms']:.1f} | {r['vs_nn_dropout']:.2f} | "
-             f"{r['vs_nn_dropout2d']:.2f} | {frac} |")
+             f"{r['vs_nn_dropout2d']:.2f} | {r['cpu_ms']:.1f} | {r['cpu_vs_nn_dropout']:.2f} | "
+             f"{r['cpu_vs_nn_dropout2d']:.2f} | {frac} |")
     line("")
     sizes = list(result["dropblock_fraction_by_map_size"])
     line(f"| DropBlock, p={result['p']}, block {result['block_size']} | "

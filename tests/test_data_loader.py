@@ -109,3 +109,69 @@ def test_loader_ddp_shards(drop_last: bool) -> None:
     with pytest.raises(UserError):
         D.Loader(data, batch_size=5, shuffle=True, mean=(0.5,) * 3, std=(0.2,) * 3, rank=3,
                  world_size=3)
+
+
+# --------------------------------------------------------------------------- fast-recipe modes
+def test_reflect_padding_crops_are_crops_of_the_reflected_image() -> None:
+    data = _toy(n=40, s=8)
+    ld = D.Loader(data, batch_size=40, shuffle=False, augment=True, pad=2, pad_mode="reflect",
+                  flip=False, mean=(0.0,) * 3, std=(1 / 255,) * 3, seed=4)
+    x, _ = next(iter(ld))
+    padded = torch.nn.functional.pad(data.images.float(), (2,) * 4, mode="reflect")
+    crops = padded.unfold(2, 8, 1).unfold(3, 8, 1)  # (n, c, 5, 5, 8, 8): every translation
+    found = [(crops[i] == x[i][:, None, None]).flatten(3).all(-1).all(0) for i in range(40)]
+    assert all(bool(f.any()) for f in found)
+    # the offsets are spread over all 5×5 translations (40 draws: at least 10 distinct)
+    offsets = {int(f.flatten().nonzero()[0]) for f in found}
+    assert len(offsets) >= 10
+
+
+def test_alternating_flips_reverse_every_image_each_epoch() -> None:
+    n = 2000
+    toy = _toy(n=n, s=4)
+    data = D.ImageData(toy.images, torch.arange(n))  # labels name the images
+    kw = dict(batch_size=500, shuffle=True, augment=True, pad=0, flip_mode="alternate",
+              mean=(0.0,) * 3, std=(1 / 255,) * 3, seed=5)
+
+    def flipped(ld: D.Loader, epoch: int) -> torch.Tensor:
+        """Per image id: True where this epoch shows it mirrored."""
+        ld.set_epoch(epoch)
+        xs, ys = zip(*ld)
+        x, ids = torch.cat(xs), torch.cat(ys)
+        img = data.images[ids].float()
+        mirrored = (x == img.flip(-1)).flatten(1).all(1)
+        assert bool((mirrored ^ (x == img).flatten(1).all(1)).all())  # never symmetric
+        out = torch.empty(n, dtype=torch.bool)
+        out[ids] = mirrored
+        return out
+
+    ld = D.Loader(data, **kw)
+    f0, f1, f2 = (flipped(ld, e) for e in range(3))
+    # epoch 0: each image flipped with probability 1/2, independently: 5σ = 5·sqrt(.25/n)
+    assert abs(f0.double().mean().item() - 0.5) < 5 * (0.25 / n) ** 0.5
+    assert torch.equal(f1, ~f0) and torch.equal(f2, f0)
+    # the same seed gives the same orientations; another seed others
+    assert torch.equal(flipped(D.Loader(data, **kw), 0), f0)
+    assert not torch.equal(flipped(D.Loader(data, **{**kw, "seed": 6}), 0), f0)
+
+
+def test_random_flips_are_independent_across_epochs() -> None:
+    n = 2000
+    data = _toy(n=n, s=4)
+    ld = D.Loader(data, batch_size=n, shuffle=False, augment=True, pad=0, mean=(0.0,) * 3,
+                  std=(1 / 255,) * 3, seed=5)
+    e0, _ = next(iter(ld))
+    e1, _ = next(iter(ld))
+    same = (e0 == e1).flatten(1).all(1).double().mean().item()
+    assert abs(same - 0.5) < 5 * (0.25 / n) ** 0.5
+
+
+def test_bad_augmentation_modes_are_one_line_errors() -> None:
+    data = _toy(s=4)
+    kw = dict(batch_size=4, shuffle=False, mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(UserError, match="flip mode"):
+        D.Loader(data, flip_mode="sometimes", **kw)
+    with pytest.raises(UserError, match="pad mode"):
+        D.Loader(data, pad_mode="wrap", **kw)
+    with pytest.raises(InvalidValue, match="reflect padding of 4 px"):
+        D.Loader(data, pad=4, pad_mode="reflect", **kw)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from droplab import functional as DF
+from droplab import masks
 from droplab.errors import InvalidValue, UnknownName
 
 SIGMAS = 5.0
@@ -166,7 +167,7 @@ def _planes_needed(size: int, block: int, p: float) -> int:
     has variance ≤ v = min(1, (2b-1)²/HW) · max q(1-q), and P independent planes give v/P.
     5σ ≤ 0.01 needs P ≥ v · (5/0.01)².
     """
-    gamma = DF._seed_rate(size, size, block, block, p)
+    gamma = masks.seed_rate(size, size, block, block, p)
     q_max = 1 - (1 - gamma) ** (min(block, size - block + 1) ** 2)
     var_q = 0.25 if q_max > 0.5 else q_max * (1 - q_max)
     v = min(1.0, (2 * block - 1) ** 2 / size**2) * var_q

@@ -7,9 +7,14 @@ Conventions shared by every function here:
   ``1 - p``.
 * Training-time outputs are rescaled so that the expected activation is unchanged
   ("inverted" dropout); with ``training=False`` or ``p == 0`` the input is returned as is.
-* Randomness comes from ``torch.rand``/``torch.randn`` drawn in float32 (float64 for
-  float64 inputs) on the input's device with the optional ``generator``, which must live
-  on that device. Masks are cast to the input dtype, so float16/bfloat16 inputs work.
+* Randomness comes from the optional ``generator``, which must live on the input's
+  device. Element-wise keep masks (:func:`dropout`, :func:`alpha_dropout`, 1×1 DropBlock)
+  are drawn by :func:`droplab.masks.keep_mask`: on CPU from random bytes plus a sparse
+  correction (exact, an eighth of the random bits of ``torch.rand``), elsewhere by
+  thresholding ``torch.rand`` in float32 (float64 for float64 inputs); DropBlock masks
+  by :func:`droplab.masks.block_keep_mask` (seeds drawn as positions); the other kinds
+  threshold ``torch.rand``. Masks are cast to the input dtype, so float16/bfloat16
+  inputs work.
 * Everything is differentiable with respect to ``x`` (and, for
   :func:`concrete_dropout`, with respect to a tensor ``p``).
 * **torch.fx.** Every function dispatches ``__torch_function__`` first, as
@@ -26,7 +31,6 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function
 
+from droplab import masks
 from droplab.errors import InvalidValue, check_rate, unknown_name
 
 __all__ = [
@@ -102,8 +107,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
         return handle_torch_function(dropout, (x,), x, p, training, generator=generator)
     if not _active(x, p, training, generator):
         return x
-    keep = _rand(x.shape, x, generator) >= p
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = masks.keep_mask(x.shape, p, dtype=x.dtype, device=x.device, generator=generator)
+    return x * keep.mul_(1.0 / (1.0 - p))
 
 
 def spatial_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
@@ -161,7 +166,7 @@ def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = True, *,
     q = 1.0 - p
     a = (q + _ALPHA_PRIME**2 * q * p) ** -0.5
     b = -a * _ALPHA_PRIME * p
-    keep = (_rand(x.shape, x, generator) >= p).to(x.dtype)
+    keep = masks.keep_mask(x.shape, p, dtype=x.dtype, device=x.device, generator=generator)
     # a * (x*m + α'(1-m)) + b  ==  x * (a m) + (a α' (1 - m) + b)
     return x * (keep * a) + (keep * (-a * _ALPHA_PRIME) + (a * _ALPHA_PRIME + b))
 
@@ -206,64 +211,6 @@ def drop_connect(x: Tensor, p: float = 0.5, training: bool = True, *, weight: Te
 
 
 # --------------------------------------------------------------------------- structured
-def _valid_counts(size: int, block: int) -> list[int]:
-    """How many valid seed positions (``0 <= s <= size - block``) have a block covering i."""
-    last = size - block
-    return [min(i, last) - max(0, i - block + 1) + 1 for i in range(size)]
-
-
-@functools.lru_cache(maxsize=512)
-def _seed_rate(h: int, w: int, bh: int, bw: int, p: float) -> float:
-    """Exact DropBlock seed rate γ for an ``h × w`` map and a ``bh × bw`` block.
-
-    Seeds are drawn only where a whole block fits, i.e. on the ``(h-bh+1) × (w-bw+1)``
-    valid region. Position (i, j) is covered by ``n(i, j) = r(i) c(j)`` seed positions, so
-    it is dropped with probability ``1 - (1 - γ)^n(i, j)``. We solve
-    ``mean_ij [1 - (1 - γ)^n(i, j)] = p`` for γ by bisection (the left side increases
-    monotonically from 0 at γ = 0 to 1 at γ = 1).
-    """
-    rows = torch.tensor(_valid_counts(h, bh), dtype=torch.float64)
-    cols = torch.tensor(_valid_counts(w, bw), dtype=torch.float64)
-    counts, weights = torch.unique(torch.outer(rows, cols), return_counts=True)
-    weights = weights.to(torch.float64) / (h * w)
-    lo, hi = 0.0, 1.0
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        dropped = float((weights * (1.0 - torch.pow(1.0 - mid, counts))).sum())
-        if dropped < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def _bernoulli_positions(total: int, prob: float, device: torch.device,
-                         generator: torch.Generator | None) -> Tensor:
-    """Sorted int64 indices of the successes among ``total`` i.i.d. Bernoulli(prob) trials.
-
-    For small ``prob`` the gaps between successes are drawn directly as geometric variables
-    (``G = ⌊log V / log(1 - prob)⌋ + 1``, ``V ~ U(0, 1]``), which needs about
-    ``total * prob`` random numbers instead of ``total``; the result has exactly the same
-    distribution as thresholding ``total`` uniforms.
-    """
-    log_q = math.log1p(-prob)
-    parts: list[Tensor] = []
-    start = 0  # index of the next trial not yet decided
-    while start < total:
-        mean = (total - start) * prob
-        k = int(mean + 8.0 * math.sqrt(mean) + 16)
-        u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
-        gaps = torch.floor(torch.log1p(-u) / log_q).to(torch.int64).add_(1)
-        pos = torch.cumsum(gaps, 0).add_(start - 1)
-        last = int(pos[-1])
-        if last >= total:
-            parts.append(pos[pos < total])
-            break
-        parts.append(pos)
-        start = last + 1
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
 def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: int = 7,
                shared_channels: bool = False,
                generator: torch.Generator | None = None) -> Tensor:
@@ -273,7 +220,7 @@ def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: 
     drawn i.i.d. with rate γ on the valid region ``(H-b+1) × (W-b+1)`` only (every block
     lies inside the map), each seed zeroes the ``b × b`` block below/right of it, and γ is
     solved so that the expected fraction of dropped activations equals ``p`` exactly (see
-    :func:`_seed_rate`; the paper's closed-form γ ignores block overlap and over- or
+    :func:`droplab.masks.seed_rate`; the paper's closed-form γ ignores block overlap and over- or
     under-drops). ``b`` is clamped to the map size. Masks are per channel, or one per
     sample with ``shared_channels=True``. Each sample is rescaled by the inverse of its
     kept fraction, ``y_n = x_n * m_n * |m_n| / Σ m_n`` (a sample whose mask drops
@@ -290,31 +237,11 @@ def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: 
         raise InvalidValue(f"block_size must be a positive integer, got {block_size!r}")
     if not _active(x, p, training, generator):
         return x
-    n, c, h, w = x.shape
+    _, _, h, w = x.shape
     bh, bw = min(int(block_size), h), min(int(block_size), w)
-    gamma = _seed_rate(h, w, bh, bw, float(p))
-    planes = n * (1 if shared_channels else c)
-    hs, ws = h - bh + 1, w - bw + 1
-    mask_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    if bh * bw == 1:
-        # 1 × 1 blocks: DropBlock is element-wise dropout with γ = p.
-        keep = (_rand((planes * h * w,), x, generator, torch.float32) >= gamma).to(mask_dtype)
-    else:
-        # Seeds are sparse (γ ≈ p / b²): draw their positions directly (about γ × #seeds
-        # random numbers) and zero each seed's block by index; this measured 3-5× faster on
-        # CPU than thresholding a dense uniform map and growing it with max_pool2d.
-        seeds = _bernoulli_positions(planes * hs * ws, gamma, x.device, generator)
-        plane, rest = torch.div(seeds, hs * ws, rounding_mode="floor"), seeds % (hs * ws)
-        row, col = torch.div(rest, ws, rounding_mode="floor"), rest % ws
-        base = plane * (h * w) + row * w + col
-        offsets = (torch.arange(bh, device=x.device)[:, None] * w
-                   + torch.arange(bw, device=x.device)[None, :]).reshape(-1)
-        keep = torch.ones(planes * h * w, dtype=mask_dtype, device=x.device)
-        keep.index_fill_(0, (base[:, None] + offsets).reshape(-1), 0.0)
-    per_sample = keep.view(n, -1)
-    kept = per_sample.sum(1, dtype=_noise_dtype(x)).clamp_min_(1.0)
-    per_sample.mul_((per_sample.shape[1] / kept).to(mask_dtype)[:, None])
-    keep = keep.view(n, planes // n, h, w)
+    gamma = masks.seed_rate(h, w, bh, bw, float(p))
+    keep = masks.block_keep_mask(x, gamma, bh, bw, shared_channels=shared_channels,
+                                 generator=generator)
     return x * keep.to(x.dtype)
 
 

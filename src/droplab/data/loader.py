@@ -10,9 +10,14 @@ import torch
 from torch import Tensor
 
 from droplab.data.bundle import ImageData
-from droplab.errors import InvalidValue
+from droplab.errors import InvalidValue, unknown_name
 
-__all__ = ["Loader"]
+__all__ = ["FLIP_MODES", "PAD_MODES", "Loader"]
+
+#: horizontal-flip augmentation: independent per epoch, or alternating (Jordan 2024)
+FLIP_MODES = ("random", "alternate")
+#: how random crops pad the image: zeros, or reflection (a random translation)
+PAD_MODES = ("zeros", "reflect")
 
 
 def _mix(*parts: int) -> int:
@@ -22,6 +27,12 @@ def _mix(*parts: int) -> int:
         h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 31
     return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _reflect(index: Tensor, size: int) -> Tensor:
+    """Indices outside ``0..size-1`` reflected about the border (``F.pad(mode="reflect")``)."""
+    return torch.where(index < 0, -index, torch.where(index >= size, 2 * (size - 1) - index,
+                                                      index))
 
 
 class Loader:
@@ -39,9 +50,14 @@ class Loader:
     ``len()`` is the number of batches this rank yields.
 
     Augmentation (``augment=True``; the task picks the default): a random crop from the
-    image zero-padded by ``pad`` pixels (default 4 for images ≥ 32 px, 2 for ≥ 16 px,
-    1 below) and, for colour images only (``flip`` default), a random horizontal flip
-    (as in He et al. 2016's CIFAR setup; flipping digits would change their meaning).
+    image padded by ``pad`` pixels (default 4 for images ≥ 32 px, 2 for ≥ 16 px, 1 below)
+    with zeros (``pad_mode="zeros"``) or by reflection (``"reflect"``, airbench's random
+    translation), and, for colour images only (``flip`` default), a horizontal flip (as in
+    He et al. 2016's CIFAR setup; flipping digits would change their meaning). Flips are
+    ``flip_mode="random"`` (each image, each epoch, with probability 1/2) or
+    ``"alternate"`` (Jordan 2024: each image gets a random flip in epoch 0 and the
+    opposite of its previous one in every later epoch, so consecutive epochs see both
+    orientations).
     """
 
     def __init__(
@@ -62,6 +78,8 @@ class Loader:
         world_size: int = 1,
         pad: int | None = None,
         flip: bool | None = None,
+        flip_mode: str = "random",
+        pad_mode: str = "zeros",
     ) -> None:
         if int(batch_size) != batch_size or batch_size < 1:
             raise InvalidValue(f"batch size must be a positive integer, got {batch_size!r}")
@@ -80,6 +98,14 @@ class Loader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.pad = int(pad) if pad is not None else (4 if min(h, w) >= 32 else 2 if min(h, w) >= 16 else 1)
         self.flip = bool(flip) if flip is not None else c == 3
+        if flip_mode not in FLIP_MODES:
+            raise unknown_name("flip mode", flip_mode, FLIP_MODES)
+        if pad_mode not in PAD_MODES:
+            raise unknown_name("pad mode", pad_mode, PAD_MODES)
+        if pad_mode == "reflect" and self.pad >= min(h, w):
+            raise InvalidValue(f"reflect padding of {self.pad} px needs images larger than that, "
+                               f"got {h}×{w}")
+        self.flip_mode, self.pad_mode = flip_mode, pad_mode
         idx = (torch.arange(len(data)) if indices is None
                else torch.as_tensor(indices, dtype=torch.int64).reshape(-1))
         if self.device.type == "cpu":
@@ -100,6 +126,10 @@ class Loader:
         # x_norm = x_uint8 * scale - shift  with scale = 1 / (255 std), shift = mean / std
         self._scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1).to(self.device)
         self._shift = (mean_t / std_t).view(1, c, 1, 1).to(self.device)
+        # alternating flips: each stored image's orientation in epoch 0 (flipped again in
+        # every odd epoch), drawn once from the seed
+        bits = torch.Generator().manual_seed(_mix(self.seed, 0xF11F))
+        self._flip0 = (torch.rand(len(self._images), generator=bits) < 0.5).to(self.device)
         self.epoch = 0
 
     @property
@@ -131,8 +161,11 @@ class Loader:
             pos = pos[:total]
         return pos[self.rank::self.world_size]
 
-    def _augment(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """Random crop with zero padding (+ horizontal flip) of a uint8 batch, one gather."""
+    def _augment(self, x: Tensor, gen: torch.Generator, flip0: Tensor, epoch: int) -> Tensor:
+        """Random crop from the padded image (+ horizontal flip) of a uint8 batch, one gather.
+
+        ``flip0`` are the batch images' epoch-0 orientations (alternating flips).
+        """
         b, c, h, w = x.shape
         p = self.pad
         oy = torch.randint(0, 2 * p + 1, (b, 1), generator=gen)
@@ -140,13 +173,19 @@ class Loader:
         rows = oy + torch.arange(h)
         cols = ox + torch.arange(w)
         if self.flip:
-            flip = torch.rand(b, generator=gen) < 0.5
+            if self.flip_mode == "random":
+                flip = torch.rand(b, generator=gen) < 0.5
+            else:
+                flip = flip0.cpu() ^ bool(epoch % 2)
             cols = torch.where(flip[:, None], cols.flip(1), cols)
-        xp = torch.nn.functional.pad(x, (p, p, p, p))
         rows, cols = rows.to(x.device), cols.to(x.device)
+        if self.pad_mode == "zeros":
+            x = torch.nn.functional.pad(x, (p, p, p, p))
+        else:  # reflect about the border pixels: index -i -> i, (n-1)+i -> (n-1)-i
+            rows, cols = _reflect(rows - p, h), _reflect(cols - p, w)
         bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
         ci = torch.arange(c, device=x.device).view(1, c, 1, 1)
-        return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+        return x[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self.epoch
@@ -165,7 +204,7 @@ class Loader:
             xb = self._images.index_select(0, bi)
             yb = self._labels.index_select(0, bi)
             if self.augment:
-                xb = self._augment(xb, aug_gen)
+                xb = self._augment(xb, aug_gen, self._flip0[bi], epoch)
             x = torch.empty(xb.shape, dtype=torch.float32, device=self.device, memory_format=fmt)
             x.copy_(xb).mul_(self._scale).sub_(self._shift)
             yield x, yb

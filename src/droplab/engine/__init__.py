@@ -4,7 +4,8 @@
   :class:`ClassifyDataConfig`, :class:`RunConfig` — the sections every training task nests;
 - :mod:`.loop`: :func:`fit` = :func:`train_one_epoch` + :func:`evaluate` + a short driver;
 - :mod:`.callbacks`: the callback protocol and the built-ins (dropout schedule, max-norm,
-  Concrete regulariser, NaN guard, metrics log, TensorBoard, checkpoints, unfreezing);
+  Concrete regulariser, Lookahead, NaN guard, metrics log, TensorBoard, checkpoints,
+  unfreezing);
 - :mod:`.optim`: optimisers, per-batch LR schedules, mixed precision;
 - :mod:`.state`: RNG capture, :class:`Progress`, the NaN guard shared by every loop;
 - :mod:`.resume`: the one resume rule (config check, checkpoint, metrics truncation);
@@ -20,6 +21,7 @@ from droplab.engine.callbacks import (
     ConcreteRegularizer,
     DropoutSchedule,
     GradualUnfreezing,
+    Lookahead,
     MaxNorm,
     MetricsLog,
     NanGuard,
@@ -44,6 +46,7 @@ __all__ = [
     "DataConfig",
     "DropoutSchedule",
     "GradualUnfreezing",
+    "Lookahead",
     "Loop",
     "MaxNorm",
     "MetricsLog",

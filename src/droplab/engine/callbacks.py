@@ -22,7 +22,7 @@ TensorBoard; tasks add their own (gradual unfreezing, pruning reports); the chec
 last, so it saves every other callback's state as of the same step.
 
 References: Srivastava et al. 2014 (max-norm), Gal et al. 2017 (Concrete dropout),
-Howard & Ruder 2018 (gradual unfreezing).
+Howard & Ruder 2018 (gradual unfreezing), Zhang et al. 2019 and Jordan 2024 (Lookahead).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from droplab.engine.config import TrainConfig
 from droplab.engine.state import check_finite
-from droplab.errors import UserError
+from droplab.errors import InvalidValue, UserError
 from droplab.layers import ConcreteDropout, DropoutModule, concrete_regularization
 from droplab.models import apply_max_norm
 from droplab.runs import RunDir
@@ -243,6 +244,72 @@ class OnEpochEnd(Callback):
         self.fn(record)
 
 
+class Lookahead(Callback):
+    """Lookahead with an EMA of the weights (tysam-code's hlb-CIFAR10, Jordan's airbench;
+    after Zhang et al. 2019 and Polyak averaging).
+
+    An exponential moving average ``θ̄`` of every floating-point entry of the model's state
+    (weights *and* BatchNorm running statistics) is updated every ``every`` optimiser steps
+    and the model is set back onto it::
+
+        d_t = β^k · (t / T)³          (t: optimiser step, T: all steps of the run)
+        θ̄  ← θ̄ + (1 - d_t) (θ - θ̄)
+        θ  ← θ̄
+
+    Early in training ``d_t ≈ 0`` (the average follows the weights); towards the end the
+    weights are pulled back onto an average over the last few hundred steps. When training
+    ends the model keeps ``θ̄``. The average is part of the checkpoint, so ``--resume``
+    continues it exactly.
+    """
+
+    name = "lookahead"
+
+    def __init__(self, every: int = 5, decay: float = 0.95) -> None:
+        if int(every) != every or every < 1:
+            raise InvalidValue(f"--lookahead must be a positive number of steps, got {every!r}")
+        if not 0.0 < decay < 1.0:
+            raise InvalidValue(f"--lookahead-decay must be in (0, 1), got {decay!r}")
+        self.every, self.decay = int(every), float(decay)
+        self.average: dict[str, Tensor] | None = None
+
+    def _floating(self, loop: Loop) -> dict[str, Tensor]:
+        return {k: v for k, v in loop.model.state_dict().items() if v.is_floating_point()}
+
+    def on_fit_start(self, loop: Loop) -> None:
+        if self.average is None:  # a resumed run has its average back already
+            self.average = {k: v.detach().clone() for k, v in self._floating(loop).items()}
+
+    def decay_at(self, step: int, total: int) -> float:
+        """``d_t = β^k (t/T)³`` for step ``t`` of ``T``."""
+        return self.decay**self.every * (min(step, total) / max(total, 1)) ** 3
+
+    @torch.no_grad()
+    def on_batch_end(self, loop: Loop) -> None:
+        step = loop.progress.step
+        if step % self.every:
+            return
+        d = self.decay_at(step, loop.cfg.epochs * loop.steps_per_epoch)
+        assert self.average is not None
+        for key, value in self._floating(loop).items():
+            avg = self.average[key]
+            avg.lerp_(value, 1.0 - d)
+            value.copy_(avg)
+
+    @torch.no_grad()
+    def on_fit_end(self, loop: Loop) -> None:
+        if self.average is None:  # a finished run: nothing was trained in this process
+            return
+        for key, value in self._floating(loop).items():
+            value.copy_(self.average[key])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self.average}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        average = state.get("average")
+        self.average = None if average is None else {k: v.clone() for k, v in average.items()}
+
+
 def standard_callbacks(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
                        run: RunDir | None) -> list[Callback]:
     """The callbacks the loop's options ask for, in the order they must run. The
@@ -256,6 +323,8 @@ def standard_callbacks(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
         out.append(MaxNorm(cfg.max_norm))
     if any(isinstance(m, ConcreteDropout) for m in model.modules()):
         out.append(ConcreteRegularizer())
+    if cfg.lookahead:
+        out.append(Lookahead(cfg.lookahead, cfg.lookahead_decay))
     out.append(NanGuard(cfg.checkpoint_every))
     if run is not None:
         out.append(MetricsLog(run))
@@ -278,6 +347,7 @@ __all__ = [
     "ConcreteRegularizer",
     "DropoutSchedule",
     "GradualUnfreezing",
+    "Lookahead",
     "MaxNorm",
     "MetricsLog",
     "NanGuard",

@@ -36,12 +36,15 @@ from droplab.engine.loop import fit, predict_proba
 from droplab.engine.resume import finished_summary, open_run
 from droplab.errors import UserError
 from droplab.models import ModelConfig, build_model
+from droplab.models.tta import with_tta
 from droplab.plots import learning_curves
 from droplab.runs import RunDir
 from droplab.runtime import resolve_device, seed_everything
 from droplab.uncertainty import brier_score, expected_calibration_error, negative_log_likelihood
 
 TASK = "train"
+#: training images a model's data-dependent initialisation sees (airbench: 5,000)
+DATA_INIT_IMAGES = 5000
 
 
 @dataclass
@@ -138,10 +141,10 @@ def train_classifier(
         common = dict(mean=bundle.mean, std=bundle.std, device=device,
                       channels_last=tcfg.channels_last)
         train_loader = D.Loader(
-            bundle.train, train_idx, batch_size=per_rank, shuffle=True,
-            augment=data.resolved_augment(bundle.in_shape[0]), seed=seed,
+            bundle.train, train_idx, batch_size=per_rank, shuffle=True, seed=seed,
             drop_last=shard % per_rank == 1,  # a batch of one breaks BatchNorm
-            rank=rank, world_size=world, **common,
+            rank=rank, world_size=world, **data.loader_augmentation(bundle.in_shape[0]),
+            **common,
         )
         eval_bs = max(256, tcfg.batch_size)
         val_loader = (D.Loader(bundle.train, val_idx, batch_size=eval_bs, shuffle=False, **common)
@@ -151,6 +154,9 @@ def train_classifier(
         seed_everything(seed)
         model_cfg = cfg.model_config()
         model = build_model(model_cfg, bundle.in_shape, bundle.num_classes)
+        data_init = getattr(model, "init_from_data", None)
+        if callable(data_init):  # e.g. airbench's whitening filters (a resume reloads them)
+            data_init(first_images(bundle.train, train_idx, DATA_INIT_IMAGES, **common))
         num_params = sum(p.numel() for p in model.parameters())
         meta = {"model_config": model_cfg.to_dict(), "classes": bundle.classes,
                 "in_shape": tuple(bundle.in_shape), "mean": tuple(bundle.mean),
@@ -158,7 +164,7 @@ def train_classifier(
         result = fit(model, train_loader, val_loader, tcfg, device=device,
                      run=run_dir, resume=resume, callbacks=callbacks, meta=meta)
 
-        probs, labels = predict_proba(model, test_loader, device)
+        probs, labels = predict_proba(with_tta(model, data.tta), test_loader, device)
         summary = {
             "task": TASK,
             "dataset": bundle.name,
@@ -174,6 +180,7 @@ def train_classifier(
             "test_loss": _nll(probs, labels),
             "test_ece": float(expected_calibration_error(probs, labels)),
             "test_brier": float(brier_score(probs, labels)),
+            "tta": data.tta,
             "best_val_acc": result.get("best_val_acc"),
             "val_acc": result.get("val_acc"),
             "train_acc": result.get("train_acc"),
@@ -195,6 +202,14 @@ def train_classifier(
     finally:
         if world > 1:
             shutdown_distributed()
+
+
+def first_images(data: D.ImageData, indices: Tensor, n: int, **loader: Any) -> Tensor:
+    """The first ``n`` images of ``indices``, normalised and un-augmented, as one batch
+    (the input of a model's ``init_from_data``)."""
+    idx = indices[:n]
+    return next(iter(D.Loader(data, idx, batch_size=max(1, idx.numel()), shuffle=False,
+                              **loader)))[0]
 
 
 def _nll(probs: Tensor, labels: Tensor) -> float:

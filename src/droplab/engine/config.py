@@ -15,14 +15,20 @@ References: Srivastava et al. 2014 (dropout and max-norm), Loshchilov & Hutter 2
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from droplab.config import Config, option
+from droplab.data.loader import FLIP_MODES, PAD_MODES
 from droplab.errors import InvalidValue
+from droplab.models.tta import TTA_MODES
 from droplab.runtime import DEVICES
 
 OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULES = ("cosine", "onecycle", "constant")
+LR_SCHEDULES = ("cosine", "onecycle", "triangle", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+#: ``--flip`` choices: the Loader's flip modes, none, or auto (random for colour images)
+FLIPS = ("auto", *FLIP_MODES, "none")
 
 #: default learning rate and weight decay per optimiser (used when the config says None)
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
@@ -82,10 +88,30 @@ class ClassifyDataConfig(DataConfig):
                                  "validation; 0 holds out none")
     augment: bool | None = option(None, help="random crops with padding (+ horizontal flips "
                                   "for colour images); default: on for colour images only")
+    crop_pad: int | None = option(None, ge=0, metavar="PX",
+                                  help="padding of the random crops (default 4 px for images "
+                                  "of 32 px and more, 2 for 16 px, else 1)")
+    pad_mode: str = option("zeros", choices=PAD_MODES, what="pad mode",
+                           help="crop padding: zeros, or reflect (a random translation, as "
+                           "in airbench)")
+    flip: str = option("auto", choices=FLIPS, what="flip mode",
+                       help="horizontal flips when augmenting: random, alternate (each image "
+                       "flipped the other way every other epoch, Jordan 2024), none; auto: "
+                       "random for colour images, none for greyscale")
+    tta: str = option("none", choices=TTA_MODES, what="test-time augmentation",
+                      help="test-time augmentation of the test figures: none, flip (2 views) "
+                      "or flip-translate (6 views, airbench)")
 
     def resolved_augment(self, channels: int) -> bool:
         """Augment colour photos by default, never greyscale digits."""
         return channels == 3 if self.augment is None else self.augment
+
+    def loader_augmentation(self, channels: int) -> dict[str, Any]:
+        """The :class:`droplab.data.Loader` keywords of these augmentation options."""
+        flip = {"auto": None, "none": False}.get(self.flip, True)
+        mode = "alternate" if self.flip == "alternate" else "random"
+        return {"augment": self.resolved_augment(channels), "pad": self.crop_pad,
+                "pad_mode": self.pad_mode, "flip": flip, "flip_mode": mode}
 
 
 @dataclass
@@ -95,7 +121,8 @@ class TrainConfig(Config):
     ``lr``/``weight_decay`` of ``None`` take the optimiser's default (:data:`DEFAULT_LR`,
     :data:`DEFAULT_WEIGHT_DECAY`); weight decay is applied to weights only, not to biases
     or normalisation parameters. ``amp="auto"`` is bf16 autocast on CUDA GPUs that support
-    it, else fp16 with a GradScaler, and off on the CPU. ``dropout_schedule`` is a
+    it, else fp16 with a GradScaler, and off on the CPU. ``lookahead`` (K steps) adds the
+    :class:`~droplab.engine.averaging.Lookahead` callback. ``dropout_schedule`` is a
     :func:`droplab.schedules.make_schedule` spec stepped once per batch; its target rate is
     ``dropout_p`` (default: the largest rate found in the model). ``max_norm`` caps every
     unit's incoming weight norm after each step (Srivastava et al. 2014). ``checkpoint_every``
@@ -112,10 +139,17 @@ class TrainConfig(Config):
     weight_decay: float | None = option(None, ge=0,
                                         help="weight decay (default 5e-4 sgd, 0.01 adamw)")
     lr_schedule: str = option("cosine", choices=LR_SCHEDULES, what="lr schedule",
-                              help="per-batch learning-rate schedule: cosine, onecycle or constant")
+                              help="per-batch learning-rate schedule: cosine, onecycle, "
+                              "triangle (airbench: 0.2 → 1 → 0.07 × lr, peak at 23 %% of the "
+                              "steps or after --warmup-epochs) or constant")
     warmup_epochs: float = option(0.0, ge=0, metavar="E", help="linear learning-rate warm-up")
     label_smoothing: float = option(0.0, ge=0, lt=1, metavar="S", help="label smoothing")
     grad_clip: float | None = option(None, gt=0, metavar="G", help="clip the gradient norm at G")
+    lookahead: int = option(0, ge=0, metavar="K",
+                            help="every K steps pull the weights onto their moving average "
+                            "(Lookahead/EMA as in airbench: K=5); 0 = off")
+    lookahead_decay: float = option(0.95, gt=0, lt=1, metavar="B",
+                                    help="Lookahead average decay per step (reached at the end)")
     max_norm: float | None = option(None, gt=0, metavar="C",
                                     help="cap each unit's incoming weight norm at C (3–4 in "
                                     "Srivastava et al. 2014)")

@@ -1,11 +1,12 @@
 """Optimisers, per-batch learning-rate schedules and mixed precision for the loop.
 
 References: Loshchilov & Hutter 2017/2019 (SGDR cosine schedule, AdamW), Smith & Topin 2019
-(one-cycle), Goyal et al. 2017 (linear warm-up).
+(one-cycle), Goyal et al. 2017 (linear warm-up), Jordan 2024 (airbench's triangle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -42,13 +43,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def make_lr_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> sch.LRScheduler:
-    """A per-batch scheduler: cosine to zero (with optional linear warm-up), one-cycle, or
-    constant."""
+    """A per-batch scheduler: cosine to zero (with optional linear warm-up), one-cycle,
+    triangle, or constant."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.lr_schedule == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return sch.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
     warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.lr_schedule == "triangle":
+        return sch.LambdaLR(optimizer, triangle(total, warmup or int(0.23 * total)))
     if cfg.lr_schedule == "cosine":
         main: sch.LRScheduler = sch.CosineAnnealingLR(optimizer, T_max=total - warmup)
     else:
@@ -57,6 +60,20 @@ def make_lr_scheduler(
         return main
     ramp = sch.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
     return sch.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def triangle(total: int, peak: int, start: float = 0.2, end: float = 0.07
+             ) -> Callable[[int], float]:
+    """airbench's triangular schedule (Jordan 2024): the LR factor rises linearly from
+    ``start`` to 1 over the first ``peak`` steps, then falls linearly to ``end`` at
+    ``total``."""
+    peak = max(1, min(peak, total - 1))
+
+    def factor(step: int) -> float:
+        if step < peak:
+            return start + (1.0 - start) * step / peak
+        return 1.0 + (end - 1.0) * min(step - peak, total - peak) / max(total - peak, 1)
+    return factor
 
 
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:

@@ -1,5 +1,6 @@
 """Image classifiers with configurable dropout: ``mlp``, ``lenet``, ``convnet``,
-``resnet18-cifar`` and any torchvision classifier as ``tv:<name>``.
+``resnet18-cifar``, ``airbench``/``airbench-res`` (:mod:`droplab.models.airbench`, which
+registers itself with :func:`register_model`) and any torchvision classifier as ``tv:<name>``.
 
 Every model has ``forward_features(x)`` (the penultimate features, flat ``(N, D)``) and
 ``head`` (the final classifier layer), and ``forward(x) = head(dropout(forward_features(x)))``.
@@ -56,9 +57,10 @@ __all__ = [
     "apply_max_norm",
     "build_model",
     "parse_widths",
+    "register_model",
 ]
 
-MODELS = ("mlp", "lenet", "convnet", "resnet18-cifar", "tv:<name>")
+MODELS = ("mlp", "lenet", "convnet", "resnet18-cifar", "airbench", "airbench-res", "tv:<name>")
 WHERE = ("head", "conv", "all")
 #: kinds that act element-wise and so work on flat features
 FLAT_KINDS = ("dropout", "gaussian", "alpha", "concrete", "dropconnect")
@@ -94,8 +96,8 @@ class ModelConfig(Config):
     """
 
     name: str = option("lenet", flag="--model", metavar="NAME",
-                       help="classifier: mlp, lenet, convnet, resnet18-cifar or tv:NAME "
-                       "(any torchvision classifier)")
+                       help="classifier: mlp, lenet, convnet, resnet18-cifar, airbench, "
+                       "airbench-res or tv:NAME (any torchvision classifier)")
     widths: tuple[int, ...] | None = option(None, ge=1, parse=parse_widths, metavar="W,W,…",
                                             help="layer widths, e.g. 800,800 (mlp) or 32,64,128 "
                                             "(default: the model's own)")
@@ -504,6 +506,13 @@ _BUILDERS: dict[str, Callable[[tuple[int, int, int], int, ModelConfig], nn.Modul
     "convnet": ConvNet,
     "resnet18-cifar": _resnet18_cifar,
 }
+
+
+def register_model(name: str,
+                   builder: Callable[[tuple[int, int, int], int, ModelConfig], nn.Module]) -> None:
+    """Add ``builder(in_shape, num_classes, cfg)`` to the zoo as ``name`` (for model modules
+    that build on the helpers here, e.g. :mod:`droplab.models.airbench`)."""
+    _BUILDERS[name] = builder
 
 
 def build_model(cfg: ModelConfig, in_shape: tuple[int, int, int] | list[int],

@@ -34,6 +34,7 @@ from droplab.engine.classifier import TASK, ClassifyConfig, train_classifier
 from droplab.engine.config import ClassifyDataConfig, RunConfig, parse_device
 from droplab.errors import InvalidValue
 from droplab.evaluate import selective as S
+from droplab.models.tta import TTA_MODES, with_tta
 from droplab.runs import RunDir, atomic_write_bytes, atomic_write_json
 from droplab.runs.restore import load_run
 from droplab.runtime import resolve_device
@@ -101,6 +102,9 @@ class EvaluateConfig(Config):
     batch_size: int = option(256, ge=1, help="evaluation batch size")
     limit: int | None = option(None, ge=1, metavar="N", help="at most N test images per class")
     seed: int = option(0, help="seed of the MC passes")
+    tta: str = option("none", choices=TTA_MODES, what="test-time augmentation",
+                      help="test-time augmentation of the deterministic figures: none, flip "
+                      "or flip-translate")
     device: str = option("auto", parse=parse_device, metavar="DEVICE",
                          help="auto, cpu, cuda[:N] or mps")
     temperature: bool = option(False, help="fit temperature scaling on the run's validation "
@@ -115,7 +119,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """``droplab evaluate``: :func:`evaluate_run` with the command's options."""
     return evaluate_run(cfg.run_dir, mc=cfg.mc, ood=cfg.ood, device=cfg.device,
                         data_root=cfg.data_root, batch_size=cfg.batch_size, limit=cfg.limit,
-                        seed=cfg.seed, temperature=cfg.temperature, ensemble=cfg.ensemble)
+                        seed=cfg.seed, temperature=cfg.temperature, ensemble=cfg.ensemble,
+                        tta=cfg.tta)
 
 
 def evaluate_run(
@@ -132,6 +137,7 @@ def evaluate_run(
     seed: int = 0,
     temperature: bool = False,
     ensemble: Sequence[str | Path] = (),
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Evaluate a trained run on its test split; write figures and ``evaluation.json``.
 
@@ -140,7 +146,8 @@ def evaluate_run(
     ``imagefolder:PATH``) adds the AUROC of separating the test set from that dataset's
     test images (converted to the run's channels and size) by MC mutual information
     (``T = mc`` or ``ood_samples``) and by ``1 - max softmax probability``. ``limit`` caps
-    images per class of both sets (quick checks).
+    images per class of both sets (quick checks). ``tta`` averages the deterministic
+    figures over flipped/shifted views (:mod:`droplab.models.tta`; the MC passes do not).
 
     Beside MC dropout (:mod:`droplab.evaluate.selective`): adaptive ECE and AURC for every
     prediction; ``temperature=True`` fits temperature scaling on the run's validation split
@@ -161,9 +168,10 @@ def evaluate_run(
     kw = dict(batch_size=batch_size, shuffle=False, mean=loaded.mean, std=loaded.std, device=device)
     test_loader = D.Loader(bundle.test, None, **kw)
     model = loaded.model
-    probs, labels = predict_proba(model, test_loader, device)
+    probs, labels = predict_proba(with_tta(model, tta), test_loader, device)
     out: dict[str, Any] = {
         "run_dir": str(loaded.run_dir),
+        "tta": tta,
         "dataset": bundle.name,
         "test_images": len(labels),
         "acc": float((probs.argmax(1) == labels).double().mean()),
