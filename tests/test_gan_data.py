@@ -61,7 +61,7 @@ def test_stacked_channels_are_independent_and_seeded() -> None:
 def test_stacked_refuses_bad_inputs() -> None:
     with pytest.raises(InvalidValue, match="1-channel"):
         stack_digits(D.ImageData(torch.zeros(4, 3, 4, 4, dtype=torch.uint8), torch.zeros(4).long()))
-    with pytest.raises(InvalidValue, match="0..9"):
+    with pytest.raises(InvalidValue, match=r"0\.\.9"):
         stack_digits(D.ImageData(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.full((4,), 12)))
     with pytest.raises(InvalidValue, match="at least 1"):
         stack_digits(_digits(2), 0)

@@ -97,7 +97,7 @@ def test_feedback_dropout_keeps_each_discriminator_at_the_stated_rate() -> None:
         kept = tr._feedback()
         sizes.append(len(kept))
         for d in kept:
-            counts[[i for i, m in enumerate(tr.discriminators) if m is d][0]] += 1
+            counts[next(i for i, m in enumerate(tr.discriminators) if m is d)] += 1
     share = counts / 4000
     assert torch.allclose(share, torch.full((3,), 0.5 + 1 / 24), atol=0.03)
     assert min(sizes) == 1 and max(sizes) == 3

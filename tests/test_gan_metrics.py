@@ -189,7 +189,7 @@ def test_density_coverage_and_precision_recall_match_the_prdc_package(k: int) ->
     assert coverage == pytest.approx(float(ref["coverage"]), abs=1e-6)
     assert precision == pytest.approx(float(ref["precision"]), abs=1e-6)
     assert recall == pytest.approx(float(ref["recall"]), abs=1e-6)
-    assert 0 < coverage < 1 and 0 < density  # the case is not degenerate
+    assert 0 < coverage < 1 and density > 0  # the case is not degenerate
 
 
 def test_density_coverage_of_identical_distributions() -> None:
