@@ -1,23 +1,34 @@
-"""Does dropout in the discriminator change GAN quality? DCGAN on MNIST, D-dropout 0/0.3/0.5.
+"""GANs against mode collapse: D dropout beside the usual regularisers, at equal generator steps.
 
-For every discriminator dropout rate and seed this trains ``droplab gan`` (DCGAN,
-non-saturating loss, dropout after every discriminator block) with the same epochs and
-data, then scores 2,000 EMA-generator samples against 2,000 training images with the
-features of one MNIST classifier trained by ``droplab train`` (LeNet): FID, KID, IS,
-precision/recall, modes covered (classes with ≥ 1 % of samples) and KL(class histogram ‖
-uniform). It prints a table with mean ± std over seeds, FID and time ratios against the
-p = 0 reference measured in the same run, and writes ``benchmarks/results/gan.json``.
+For a dataset (``mnist``, ``stacked-mnist``, ``ring`` or ``grid``) this trains ``droplab gan``
+in every configuration of :data:`CONFIGS` (or those named by ``--configs``) for every seed,
+all at the **same number of generator steps** (``--epochs`` epochs of the non-saturating
+loss; WGAN-GP's 5 critic steps per generator step get 5× the epochs), and scores the EMA
+generator on held-out real data:
 
-Full study (≈ 20–30 min on 2 free cores; every run folder is reused if the study is
-restarted)::
+- ``mnist``, ``stacked-mnist``: FID, KID, density/coverage (Naeem et al. 2020) and
+  precision/recall on the features of one LeNet MNIST classifier trained by
+  ``droplab train`` (per channel for Stacked MNIST), modes (MNIST: classes with ≥ 1 % of
+  the samples; Stacked MNIST: modes with ≥ 1 of 26,000 samples, VEEGAN/PacGAN) and
+  KL(mode histogram ‖ uniform);
+- ``ring``, ``grid``: modes hit, share of high-quality samples (within 3σ), KL, and the
+  Fréchet distance / density / coverage of the points.
 
-    python benchmarks/gan.py --data-root /work/shared/datasets
+A ``real data`` row scores held-out real data the same way (the reference a perfect
+generator would reach at this sample size). The table gives mean ± std over seeds; the
+JSON (``benchmarks/results/gan-<dataset>.json``) holds every run. Run folders are reused
+when the study is restarted, so it can be stopped and continued.
 
-Smoke test::
+Commands (the 3-seed tables need a quiet machine; see the README for measured figures)::
 
-    python benchmarks/gan.py --data-root /work/shared/datasets --seeds 0 --epochs 1 \
-        --limit 50 --eval-samples 300 --classifier-limit 200 --classifier-epochs 1 \
-        --out /tmp/gan-bench
+    python benchmarks/gan.py --dataset stacked-mnist --data-root /work/shared/datasets --jobs 2
+    python benchmarks/gan.py --dataset mnist --data-root /work/shared/datasets --jobs 2
+    python benchmarks/gan.py --dataset ring --jobs 2 ; python benchmarks/gan.py --dataset grid
+
+Smoke test (a minute)::
+
+    python benchmarks/gan.py --dataset ring --epochs 1 --seeds 0 --configs baseline d-dropout-0.3 \
+        --out /tmp/gan-bench --results /tmp/gan-bench.json
 """
 
 from __future__ import annotations
@@ -25,57 +36,103 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
+os.environ.setdefault("DROPLAB_PROGRESS", "0")
 
-from droplab.runs import atomic_write_json
-from droplab.tasks.gan import GanConfig, run
+import torch  # noqa: E402
+
+from droplab.data.toy2d import TOY_DATASETS  # noqa: E402
+from droplab.engine.gan import GanConfig, load_gan_data  # noqa: E402
+from droplab.evaluate.gan import ClassifierFeatures, gan_scores, mode_coverage  # noqa: E402
+from droplab.evaluate.gan_modes import StackedFeatures, point_scores  # noqa: E402
+from droplab.runs import atomic_write_json  # noqa: E402
+from droplab.tasks.gan import STACKED_MODE_SAMPLES, run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-KEYS = ("fid", "kid_mean", "inception_score", "modes_covered", "kl_uniform", "precision",
-        "recall", "train_time_s")
+
+#: name → (what it is, GAN options). Every configuration uses the non-saturating loss
+#: unless it says otherwise; dropout rates are drop probabilities.
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "baseline": ("DCGAN / MLP, nothing against collapse", {}),
+    "d-dropout-0.3": ("D dropout 0.3 after every hidden block", {"d_dropout": 0.3}),
+    "d-dropout-0.5": ("D dropout 0.5 after every hidden block", {"d_dropout": 0.5}),
+    "d-dropout-0.3-input": ("D dropout 0.3 on D's input", {"d_dropout": 0.3,
+                                                           "d_dropout_where": "input"}),
+    "d-dropout-0.3-all": ("D dropout 0.3 on the input and every block",
+                          {"d_dropout": 0.3, "d_dropout_where": "all"}),
+    "d-spatial-0.3": ("D spatial (channel) dropout 0.3, hidden", {"d_dropout": 0.3,
+                                                                  "d_dropout_kind": "spatial"}),
+    "instance-noise": ("instance noise σ₀ = 0.1 annealed to 0", {"instance_noise": 0.1}),
+    "diffaugment": ("DiffAugment color, translation, cutout",
+                    {"diffaugment": "color,translation,cutout"}),
+    "spectral-norm": ("spectral norm in D", {"spectral_norm": True}),
+    "wgan-gp": ("WGAN-GP, 5 critic steps per G step", {"loss": "wgan-gp"}),
+    "minibatch-std": ("minibatch std feature in D", {"minibatch_std": True}),
+    "dropout-gan": ("Dropout-GAN: 3 Ds, feedback dropout 0.5",
+                    {"discriminators": 3, "d_feedback_dropout": 0.5}),
+}
+#: configurations that only make sense on images
+IMAGE_ONLY = ("d-spatial-0.3", "diffaugment")
 
 
 def _parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="stacked-mnist",
+                   choices=("mnist", "stacked-mnist", *TOY_DATASETS))
     p.add_argument("--data-root", default="/work/shared/datasets", help="folder holding MNIST/raw")
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.3, 0.5])
-    p.add_argument("--where", default="hidden", help="input|hidden|all (default hidden)")
-    p.add_argument("--kind", default="dropout", help="discriminator dropout kind")
+    p.add_argument("--configs", nargs="+", default=None, help=f"subset of {', '.join(CONFIGS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--limit", type=int, default=500, help="GAN training images per class")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--loss", default="ns")
-    p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the 1-critic-step configurations (default: mnist 12, "
+                   "stacked-mnist 3, ring/grid 100)")
+    p.add_argument("--limit", type=int, default=None, help="images per class / points per mode")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 (ring/grid 256)")
+    p.add_argument("--width", type=int, default=None, help="default 32 (ring/grid 128)")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="samples for FID & co. (default 2000; ring/grid 2500 as in PacGAN)")
     p.add_argument("--classifier", default=None, metavar="RUN",
-                   help="an MNIST `droplab train` run (default: train one into OUT/classifier)")
-    p.add_argument("--classifier-epochs", type=int, default=2)
-    p.add_argument("--classifier-limit", type=int, default=2000, help="images per class")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default=str(HERE / "runs" / "gan"), help="folder of the run folders")
-    p.add_argument("--results", default=str(HERE / "results" / "gan.json"))
-    return p.parse_args()
+                   help="an MNIST `droplab train` run (default: train a LeNet into OUT/classifier)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--out", default=None, help="folder of the run folders")
+    p.add_argument("--results", default=None)
+    args = p.parse_args()
+    toy = args.dataset in TOY_DATASETS
+    defaults = {"epochs": {"mnist": 12, "stacked-mnist": 3}.get(args.dataset, 100),
+                "batch_size": 256 if toy else 64, "width": 128 if toy else 32,
+                "eval_samples": 2500 if toy else 2000}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.configs = args.configs or [c for c in CONFIGS if not (toy and c in IMAGE_ONLY)]
+    bad = [c for c in args.configs if c not in CONFIGS]
+    if bad:
+        p.error(f"unknown configuration(s) {', '.join(bad)}; choose from {', '.join(CONFIGS)}")
+    args.out = args.out or str(HERE / "runs" / f"gan-{args.dataset}")
+    args.results = args.results or str(HERE / "results" / f"gan-{args.dataset}.json")
+    return args
 
 
-def _classifier(args: argparse.Namespace, out: Path) -> str:
-    """An MNIST classifier made by ``droplab train`` (reused when already there)."""
+def _classifier(args: argparse.Namespace, out: Path) -> str | None:
+    """An MNIST LeNet made by ``droplab train`` (reused when already there)."""
+    if args.dataset in TOY_DATASETS:
+        return None
     if args.classifier:
-        return args.classifier
+        return str(args.classifier)
     path = out / "classifier"
     if not (path / "summary.json").exists():
         from droplab.cli import main
 
-        argv = ["train", "--dataset", args.dataset, "--data-root", args.data_root,
-                "--model", "lenet", "--epochs", str(args.classifier_epochs),
-                "--limit", str(args.classifier_limit), "--device", "cpu", "--out", str(path)]
+        argv = ["train", "--dataset", "mnist", "--data-root", args.data_root, "--model", "lenet",
+                "--epochs", "2", "--limit", "2000", "--device", "cpu", "--out", str(path)]
         if (path / "config.json").exists():
             argv.append("--resume")
         print("training the feature classifier: droplab " + " ".join(argv), file=sys.stderr)
@@ -84,94 +141,136 @@ def _classifier(args: argparse.Namespace, out: Path) -> str:
     return str(path)
 
 
-def _one(args: argparse.Namespace, clf: str, rate: float, seed: int, out: Path) -> dict[str, Any]:
-    folder = out / f"d{rate:g}-s{seed}"
-    done = folder / "summary.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    cfg = GanConfig(
-        dataset=args.dataset, data_root=args.data_root, limit=args.limit, width=args.width,
-        loss=args.loss, d_dropout=rate, d_dropout_kind=args.kind, d_dropout_where=args.where,
-        epochs=args.epochs, batch_size=args.batch_size, eval_samples=args.eval_samples,
-        feature_extractor=clf, seed=seed, device="cpu", out=str(folder),
-    )
+def gan_options(args: argparse.Namespace, name: str, seed: int, clf: str | None,
+                out: Path) -> dict[str, Any]:
+    """The flat ``droplab gan`` options of one configuration and seed (equal G steps)."""
+    opts = dict(CONFIGS[name][1])
+    n_critic = 5 if opts.get("loss") == "wgan-gp" else 1
+    return {"dataset": args.dataset, "data_root": args.data_root, "limit": args.limit,
+            "width": args.width, "batch_size": args.batch_size,
+            "epochs": args.epochs * n_critic, "eval_samples": args.eval_samples,
+            "feature_extractor": clf, "seed": seed, "device": "cpu",
+            "out": str(out / f"{name}-s{seed}"), **opts}
+
+
+def _one(job: tuple[dict[str, Any], int]) -> dict[str, Any]:
+    opts, threads = job
+    torch.set_num_threads(threads)
+    folder = Path(opts["out"])
+    if (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text())
+    cfg = GanConfig.build(**opts)
     return run(cfg, resume=(folder / "config.json").exists())
 
 
+def real_reference(args: argparse.Namespace, clf: str | None) -> dict[str, Any]:
+    """Held-out real data scored as if it were generated (training images vs test images)."""
+    cfg = GanConfig.build(dataset=args.dataset, data_root=args.data_root, limit=args.limit)
+    data = load_gan_data(cfg.data, seed=0)
+    n = args.eval_samples
+    if data.mixture is not None:
+        real = data.real("test", n, seed=3)
+        return point_scores(real, data.real("train", n, seed=4), data.mixture)
+    assert clf is not None
+    fx: Any = ClassifierFeatures.from_run(clf)
+    stacked = args.dataset == "stacked-mnist"
+    fx = StackedFeatures(fx) if stacked else fx
+    fake_like = data.real("train", n, seed=4)
+    s = gan_scores(data.real("test", n, seed=3), fake_like, fx, mode_min_count=1 if stacked else None)
+    if stacked:  # modes over 26,000 training images, as for the generators
+        s.update(mode_coverage(fx.modes(data.real("train", STACKED_MODE_SAMPLES, seed=5)),
+                               fx.num_classes, min_count=1))
+    return s
+
+
 def _stats(values: list[float]) -> dict[str, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"mean": math.nan, "std": math.nan}
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _keys(toy: bool) -> tuple[str, ...]:
+    if toy:
+        return ("modes", "high_quality", "kl_uniform", "fid", "density", "coverage",
+                "g_steps", "train_time_s")
+    return ("modes", "kl_uniform", "fid", "kid_mean", "density", "coverage", "precision",
+            "recall", "g_steps", "train_time_s")
+
+
+def _fmt(cell: dict[str, float], key: str) -> str:
+    m, s = cell["mean"], cell["std"]
+    if key in ("modes", "g_steps"):
+        return f"{m:.1f} ± {s:.1f}" if s else f"{m:.0f}"
+    if key == "train_time_s":
+        return f"{m:.0f}"
+    if key == "kid_mean":
+        return f"{m * 1e3:.1f} ± {s * 1e3:.1f}"
+    return f"{m:.3f} ± {s:.3f}"
+
+
+def best_row(table: list[dict[str, Any]], toy: bool, dataset: str) -> dict[str, Any]:
+    """The best configuration: most modes, then (mixtures) most high-quality samples or
+    (images) the lowest KL."""
+    rows = [t for t in table if t["config"] != "real data"]
+    if toy:
+        return max(rows, key=lambda t: (t["modes"]["mean"], t["high_quality"]["mean"]))
+    return max(rows, key=lambda t: (t["modes"]["mean"], -t["kl_uniform"]["mean"]))
 
 
 def main() -> None:
     args = _parse()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
+    toy = args.dataset in TOY_DATASETS
     t0 = time.perf_counter()
     clf = _classifier(args, out)
-    clf_acc = json.loads((Path(clf) / "summary.json").read_text()).get("test_acc")
+    jobs = [(gan_options(args, name, seed, clf, out), args.threads)
+            for seed in args.seeds for name in args.configs]
+    names = [(name, seed) for seed in args.seeds for name in args.configs]
     runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for rate in args.rates:
-            s = _one(args, clf, rate, seed, out)
-            print(f"d_dropout={rate:g} seed={seed}: FID {s['fid']:.2f}  KID {s['kid_mean']:.4f}  "
-                  f"modes {s['modes_covered']}/{s['num_classes']}  KL {s['kl_uniform']:.4f}  "
-                  f"({s['train_time_s']:.0f} s)", file=sys.stderr)
-            runs.append({"d_dropout": rate, "seed": seed, **{k: s[k] for k in KEYS},
-                         "kid_std": s["kid_std"], "run_dir": s["run_dir"]})
+    keys = _keys(toy)
+    if args.jobs > 1:
+        pool = ProcessPoolExecutor(args.jobs)
+        results = pool.map(_one, jobs)
+    else:
+        results = map(_one, jobs)
+    for (name, seed), s in zip(names, results, strict=True):
+        rec = {"config": name, "seed": seed, **{k: s.get(k) for k in keys},
+               "run_dir": s["run_dir"]}
+        runs.append(rec)
+        print(f"{name} seed {seed}: " + "  ".join(
+            f"{k} {rec[k]:.4g}" for k in keys if isinstance(rec[k], int | float)), file=sys.stderr)
+    if args.jobs > 1:
+        pool.shutdown()
+    ref = real_reference(args, clf)
+    table = [{"config": "real data", "what": "held-out real data scored as samples", "seeds": 1,
+              **{k: {"mean": float(ref[k]), "std": 0.0} for k in keys if k in ref}}]
+    for name in args.configs:
+        rows = [r for r in runs if r["config"] == name]
+        table.append({"config": name, "what": CONFIGS[name][0], "seeds": len(rows),
+                      **{k: _stats([r[k] for r in rows]) for k in keys}})
+    best = best_row(table, toy, args.dataset)
 
-    ref_rate = args.rates[0]
-    table: list[dict[str, Any]] = []
-    ref: dict[str, dict[str, float]] = {}
-    for rate in args.rates:
-        rows = [r for r in runs if r["d_dropout"] == rate]
-        agg = {k: _stats([float(r[k]) for r in rows]) for k in KEYS}
-        if rate == ref_rate:
-            ref = agg
-        n = len(rows)
-        d_fid = agg["fid"]["mean"] - ref["fid"]["mean"]
-        se = math.sqrt((agg["fid"]["std"] ** 2 + ref["fid"]["std"] ** 2) / n) if n > 1 else float("nan")
-        table.append({
-            "d_dropout": rate, "seeds": n, **agg,
-            "fid_ratio": agg["fid"]["mean"] / ref["fid"]["mean"],
-            "fid_delta": d_fid,
-            "fid_delta_se": se,
-            "time_ratio": agg["train_time_s"]["mean"] / ref["train_time_s"]["mean"],
-            "all_seeds_cover_all_classes": all(r["modes_covered"] == 10 for r in rows),
-        })
-
-    print(f"\nDCGAN on {args.dataset} ({args.limit}/class, {args.epochs} epochs, loss {args.loss}), "
-          f"D dropout {args.kind}@{args.where}; features: LeNet (test acc {clf_acc:.4f}); "
-          f"{len(args.seeds)} seed(s); mean ± std over seeds; ratios vs p={ref_rate:g}\n")
-    print("| D dropout | FID | FID ratio | ΔFID ± s.e. | KID ×10³ | IS | modes | KL | precision | recall | time ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    clf_acc = (json.loads((Path(clf) / "summary.json").read_text()).get("test_acc")
+               if clf else None)
+    print(f"\n{args.dataset}: {args.epochs} epochs of 1-step configurations "
+          f"({table[1]['g_steps']['mean']:.0f} generator steps each), batch {args.batch_size}, "
+          f"width {args.width}, {len(args.seeds)} seed(s), mean ± std over seeds; "
+          + (f"features: LeNet (test acc {clf_acc:.4f})" if clf_acc else "points as features"))
+    cols = [k for k in keys if k not in ("g_steps",)]
+    print("| configuration | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
     for t in table:
-        def pm(k: str, f: str = ".2f", s: float = 1.0, t: dict[str, Any] = t) -> str:
-            return f"{t[k]['mean'] * s:{f}} ± {t[k]['std'] * s:{f}}"
-
-        print(f"| {t['d_dropout']:g} | {pm('fid')} | {t['fid_ratio']:.3f} | "
-              f"{t['fid_delta']:+.2f} ± {t['fid_delta_se']:.2f} | {pm('kid_mean', '.2f', 1e3)} | "
-              f"{pm('inception_score')} | {pm('modes_covered', '.1f')} | {pm('kl_uniform', '.3f')} | "
-              f"{pm('precision', '.3f')} | {pm('recall', '.3f')} | {t['time_ratio']:.2f} |")
-    best = min(table, key=lambda t: t["fid"]["mean"])
-    print(f"\nbest setting by FID: D dropout {best['d_dropout']:g}: modes covered "
-          f"{best['modes_covered']['mean']:.1f}/10 (all seeds 10/10: "
-          f"{best['all_seeds_cover_all_classes']}), KL {best['kl_uniform']['mean']:.4f} "
-          f"(target ≤ 0.05: {best['kl_uniform']['mean'] <= 0.05})")
-    result = {
-        "benchmark": "gan",
-        "config": vars(args),
-        "classifier": clf,
-        "classifier_test_acc": clf_acc,
-        "reference": f"d_dropout={ref_rate:g}",
-        "table": table,
-        "runs": runs,
-        "wall_s": time.perf_counter() - t0,
-        "torch_threads": torch.get_num_threads(),
-    }
-    atomic_write_json(args.results, result)
+        print(f"| {t['config']} | " + " | ".join(_fmt(t[k], k) if k in t else "–" for k in cols)
+              + " |")
+    print(f"\nbest configuration: {best['config']} ({best['what']})")
+    atomic_write_json(args.results, {
+        "benchmark": f"gan-{args.dataset}", "config": vars(args), "classifier": clf,
+        "classifier_test_acc": clf_acc, "table": table, "best": best["config"], "runs": runs,
+        "real_reference": {k: v for k, v in ref.items() if not isinstance(v, list)},
+        "wall_s": time.perf_counter() - t0, "torch_threads": args.threads,
+    })
     print(f"wrote {args.results}", file=sys.stderr)
 
 

@@ -299,3 +299,98 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--d-dropout" in err and "outside [0, 1)" in err
     assert not (tmp_path / "g").exists()
+
+
+# -- the mode-collapse benchmarks end to end ------------------------------------------------
+
+
+def _fake_mnist(root: Path, per_class: int = 12, test_per_class: int = 6) -> Path:
+    """MNIST's raw layout (torchvision) with synthetic digits: digit k is a bright 7×7
+    square at cell k of a 4×4 grid of cells, plus noise — easy to classify."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", per_class), ("t10k", test_per_class)):
+        labels = torch.arange(10).repeat(n)
+        imgs = torch.randint(0, 40, (labels.numel(), 28, 28), generator=gen)
+        for i, k in enumerate(labels.tolist()):
+            r, c = divmod(k, 4)
+            imgs[i, r * 7:(r + 1) * 7, c * 7:(c + 1) * 7] = 230
+        for kind, arr in (("images-idx3-ubyte", imgs), ("labels-idx1-ubyte", labels)):
+            head = struct.pack(">HBB", 0, 8, arr.dim()) + struct.pack(f">{arr.dim()}I", *arr.shape)
+            (raw / f"{prefix}-{kind}").write_bytes(head + arr.to(torch.uint8).numpy().tobytes())
+    return root
+
+
+def test_cli_stacked_mnist_reports_modes_kl_fid_and_density_coverage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from droplab.cli import main
+
+    root = _fake_mnist(tmp_path / "data")
+    out = tmp_path / "sm"
+    argv = ["gan", "--dataset", "stacked-mnist", "--data-root", str(root), "--epochs", "1",
+            "--batch-size", "32", "--width", "8", "--z-dim", "16", "--eval-samples", "60",
+            "--mode-samples", "300", "--classifier-epochs", "3", "--device", "cpu",
+            "--out", str(out), "--json"]
+    assert main(argv) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["dataset"] == "stacked-mnist" and s["image_shape"] == [3, 28, 28]
+    assert s["num_modes"] == 1000 and s["num_classes"] == 1000 and s["mode_samples"] == 300
+    assert 1 <= s["modes"] == s["modes_covered"] <= 300
+    assert sum(s["class_histogram"]) == 300 and len(s["class_histogram"]) == 1000
+    assert 0 <= s["kl_uniform"] <= math.log(1000) + 1e-9
+    for k in ("fid", "kid_mean", "density", "coverage", "precision", "recall"):
+        assert isinstance(s[k], float) and math.isfinite(s[k]) and s[k] >= 0, k
+    assert s["coverage"] <= 1 and s["num_real"] == 60 and s["feature_dim"] == 3 * 256
+    assert s["eval_real"] == "test" and s["mode_rule"] == "≥ 1 sample"
+    clf = json.loads((out / "classifier" / "config.json").read_text())
+    assert clf["data"]["dataset"] == "mnist" and clf["model"]["name"] == "lenet"
+    assert s["classifier_test_acc"] > 0.9  # the synthetic digits are easy
+
+
+def test_cli_ring_reports_modes_hit_and_high_quality_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from droplab.cli import main
+
+    out = tmp_path / "ring"
+    assert main(["gan", "--dataset", "ring", "--limit", "64", "--batch-size", "64", "--width",
+                 "32", "--epochs", "2", "--eval-samples", "500", "--d-dropout", "0.2",
+                 "--device", "cpu", "--out", str(out), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["dataset"] == "ring" and s["image_shape"] == [2] and s["g_steps"] == 16
+    assert s["num_modes"] == 8 and 0 <= s["modes_hit"] == s["modes"] <= 8
+    assert 0 <= s["high_quality"] <= 1 and s["num_samples"] == 500
+    assert s["quality_radius"] == pytest.approx(0.03)
+    assert sum(s["mode_histogram"]) == round(s["high_quality"] * 500)
+    for k in ("fid", "density", "coverage"):
+        assert math.isfinite(s[k]), k
+    for f in ("samples.png", "samples_epoch_001.png", "samples_epoch_002.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "classifier").exists()  # points need no feature classifier
+    assert json.loads((out / "config.json").read_text())["model"]["model"] == "auto"
+    loaded = __import__("droplab.runs.restore", fromlist=["load_run"]).load_run(out)
+    assert isinstance(loaded.model, nets.MLPGenerator)
+
+
+def test_cli_bad_mode_benchmark_inputs_are_one_line(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from droplab.cli import main
+
+    cases = [
+        (["--dataset", "stacked-mnist", "--data-root", str(tmp_path / "nowhere"), "--no-download"],
+         [str(tmp_path / "nowhere" / "MNIST" / "raw"), "stacked-mnist"]),
+        (["--diffaugment", "color,warp"], ["unknown DiffAugment policy 'warp'", "translation"]),
+        (["--dataset", "ring", "--diffaugment", "color"], ["--diffaugment", "2-D"]),
+        (["--d-feedback-dropout", "0.5"], ["--discriminators"]),
+    ]
+    for i, (extra, words) in enumerate(cases):
+        out = tmp_path / f"bad{i}"
+        code = main(["gan", *extra, "--epochs", "1", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, (extra, err)
+        assert all(w in err for w in words), (extra, err)
+        assert not (out / "checkpoint.pt").exists()

@@ -170,3 +170,53 @@ def test_inception_weights_that_cannot_be_fetched_are_a_one_line_error(
     with pytest.raises(WeightsUnavailable, match="OSError") as info:
         G.InceptionFeatures()
     assert "\n" not in str(info.value)
+
+
+# -- density and coverage (Naeem et al. 2020) -----------------------------------------------
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_density_coverage_and_precision_recall_match_the_prdc_package(k: int) -> None:
+    # The authors' package (numpy + scikit-learn distances, strict inequalities). Random
+    # continuous features have no ties on a ball's boundary, so both implementations count
+    # the same pairs; 1e-6 leaves room only for float64 rounding.
+    prdc = pytest.importorskip("prdc")
+    real, fake = _gauss(600, 12, 20), _gauss(500, 12, 21, mean=0.3) * 1.2
+    ref = prdc.compute_prdc(real_features=real.numpy(), fake_features=fake.numpy(), nearest_k=k)
+    density, coverage = G.density_coverage(real, fake, k=k)
+    precision, recall = G.precision_recall(real, fake, k=k)
+    assert density == pytest.approx(float(ref["density"]), abs=1e-6)
+    assert coverage == pytest.approx(float(ref["coverage"]), abs=1e-6)
+    assert precision == pytest.approx(float(ref["precision"]), abs=1e-6)
+    assert recall == pytest.approx(float(ref["recall"]), abs=1e-6)
+    assert 0 < coverage < 1 and density > 0  # the case is not degenerate
+
+
+def test_density_coverage_of_identical_distributions() -> None:
+    # Naeem et al. 2020, §4: for real and fake from one distribution E[density] = 1 and,
+    # with N = M, E[coverage] = 1 − ∏_{i=1..k} (N − i)/(2N − i) ≈ 1 − 2^−k = 0.969 (k = 5).
+    # With 2,000 + 2,000 points in 6-d the sampling sd of either is ≈ 0.01–0.02.
+    n, k = 2000, 5
+    real, fake = _gauss(n, 6, 30), _gauss(n, 6, 31)
+    density, coverage = G.density_coverage(real, fake, k=k)
+    expected = 1 - math.prod((n - i) / (2 * n - i) for i in range(1, k + 1))
+    assert density == pytest.approx(1.0, abs=0.06)
+    assert coverage == pytest.approx(expected, abs=0.03)
+    # fakes collapsed onto 5 real points: each lies in its own ball and, on average, in k
+    # others, so coverage ≈ 5·(k + 1)/N = 0.015 while density stays ≈ (k + 1)/k
+    collapsed = real[:5].repeat(400, 1)
+    d2, c2 = G.density_coverage(real, collapsed, k=k)
+    assert c2 < 0.05 and d2 > 0.5
+    # far-away fakes: both 0
+    assert G.density_coverage(real, fake + 100.0, k=k) == (0.0, 0.0)
+    with pytest.raises(InvalidValue, match="more than 5"):
+        G.density_coverage(real[:5], fake, k=5)
+
+
+def test_mode_coverage_with_a_minimum_count() -> None:
+    # Stacked MNIST counts a mode with a single sample (VEEGAN, PacGAN), not a 1 % share.
+    counts = torch.tensor([1.0, 0.0, 5.0] + [2.0] * 997)
+    res = G.mode_coverage(counts, 1000, min_count=1)
+    assert res["modes_covered"] == 999
+    assert G.mode_coverage(counts, 1000)["modes_covered"] == 0  # no mode holds 1 % of 2000
+    assert G.mode_coverage(counts, 1000, min_count=3)["modes_covered"] == 1

@@ -7,6 +7,9 @@
   argument, else ``$DROPLAB_DATA``, else ``~/.cache/droplab/data``), downloaded when
   ``download=True`` and the machine is online. ``cifar10`` also accepts an ImageFolder tree
   of JPEG/PNG files: ``root/cifar10-jpg/{train,test}/<class>/`` or ``root/{train,test}/<class>/``.
+- ``stacked-mnist``: three MNIST digits as the RGB channels (1,000 modes; Metz et al. 2017),
+  train and test stacked separately from MNIST's parts (:mod:`droplab.data.stacked`);
+  ``limit`` cuts the MNIST digits per class before stacking.
 - ``imagefolder:PATH``: any ImageFolder tree (``PATH/<class>/<image>``), with ``train/`` and
   ``test/`` subfolders or else a seeded stratified ``holdout`` fraction as the test set
   (:mod:`droplab.data.folders`: what is skipped and counted, the pixel cap, the size rule).
@@ -36,12 +39,14 @@ from droplab.data.splits import (
     select_classes,
     stratified_split,
 )
+from droplab.data.stacked import STACKED_NAMES, stack_digits
 from droplab.errors import DataNotFound, InvalidValue, unknown_name
 
 __all__ = ["DATASETS", "default_root", "load_dataset"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder:PATH")
-_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "stacked-mnist", "imagefolder:PATH")
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
+            "stacked_mnist": "stacked-mnist", "stackedmnist": "stacked-mnist"}
 
 
 def default_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -112,6 +117,18 @@ def _torchvision_set(name: str, root: Path, download: bool) -> tuple[ImageData, 
     return parts[0], parts[1], names
 
 
+def _stacked_mnist(root: Path, download: bool, limit: int | None,
+                   seed: int) -> tuple[ImageData, ImageData, list[str]]:
+    """MNIST's train and test digits (``limit`` per class), each part stacked on its own."""
+    try:
+        train, test, _ = _torchvision_set("mnist", root, download)
+    except DataNotFound as e:
+        raise DataNotFound(f"stacked-mnist is built from MNIST: {e}") from None
+    train, test = limit_per_class(train, limit), limit_per_class(test, limit)
+    return (stack_digits(train, seed=seed), stack_digits(test, seed=seed + 1),
+            list(STACKED_NAMES))
+
+
 def _cifar_jpeg_root(root: Path) -> Path | None:
     for cand in (root / "cifar10-jpg", root):
         if (cand / "train").is_dir() and (cand / "test").is_dir() and class_dirs(cand / "train"):
@@ -160,6 +177,9 @@ def load_dataset(
                            f"imagefolder:{path}", max_pixels)
     if key == "digits":
         train, test, names = _digits(holdout, seed)
+    elif key == "stacked-mnist":
+        train, test, names = _stacked_mnist(default_root(root), download, limit, seed)
+        limit = None  # already applied to the digits
     elif key in _TV:
         base = default_root(root)
         jpg = _cifar_jpeg_root(base) if key == "cifar10" else None

@@ -20,9 +20,16 @@ identity over pre-computed features so one extractor pass serves every metric):
 - Precision/recall (Kynkäänniemi et al. 2019): k-NN balls (k = 3) around each real
   (fake) feature; precision = share of fakes inside the real manifold, recall = share of
   reals inside the fake manifold.
+- Density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics for
+  generative models"): k-NN balls (k = 5) around the *real* features only; density =
+  mean number of real balls a fake falls in, divided by k (≈ 1 when fakes match the real
+  distribution; unbounded above, so it is not fooled by outliers like precision), coverage
+  = share of real balls holding at least one fake. Strict inequalities as in the authors'
+  ``prdc`` package, which the tests match to 1e-6.
 - Mode coverage: classify the samples; a class is covered when it receives ≥ 1 % of
-  them; ``kl_uniform`` = KL(histogram ‖ uniform) in nats (0 = perfectly balanced,
-  ln K = a single class).
+  them (or at least ``min_count`` samples: Stacked MNIST counts a mode with one sample, as
+  VEEGAN and PacGAN do); ``kl_uniform`` = KL(histogram ‖ uniform) in nats (0 = perfectly
+  balanced, ln K = a single class).
 """
 
 from __future__ import annotations
@@ -159,13 +166,39 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3) -> t
     return float(precision), float(recall)
 
 
-def mode_coverage(
-    predictions: torch.Tensor, num_classes: int, *, threshold: float = 0.01
-) -> dict[str, object]:
-    """Classes covered (share ≥ ``threshold``) and KL(class histogram ‖ uniform) in nats.
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, *, k: int = 5) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020) of ``fake`` against the k-NN balls of ``real``.
 
-    ``predictions`` are class indices ``(N,)`` (or already a histogram ``(num_classes,)``
-    of counts when it is floating point).
+    With ``r_i`` the distance of real ``x_i`` to its k-th nearest other real feature:
+    ``density = 1/(k·M) Σ_j Σ_i 1[‖y_j − x_i‖ < r_i]`` and
+    ``coverage = 1/N Σ_i 1[min_j ‖y_j − x_i‖ < r_i]`` (float64, chunked distances).
+    """
+    _check_features(real, fake)
+    if real.shape[0] <= k:
+        raise InvalidValue(f"density/coverage with k={k} needs more than {k} real samples")
+    real, fake = real.double(), fake.double()
+    radii = _kth_radius(real, k)
+    inside = 0.0
+    nearest = torch.full((real.shape[0],), math.inf, dtype=torch.float64)
+    for i in range(0, fake.shape[0], 1024):
+        d = torch.cdist(real, fake[i : i + 1024])  # (N, chunk)
+        inside += float((d < radii[:, None]).sum())
+        nearest = torch.minimum(nearest, d.min(dim=1).values)
+    density = inside / (k * fake.shape[0])
+    coverage = float((nearest < radii).double().mean())
+    return density, coverage
+
+
+def mode_coverage(
+    predictions: torch.Tensor, num_classes: int, *, threshold: float = 0.01,
+    min_count: int | None = None,
+) -> dict[str, object]:
+    """Classes covered and KL(class histogram ‖ uniform) in nats.
+
+    A class is covered when its share of the samples is ≥ ``threshold``, or, when
+    ``min_count`` is given, when it holds at least ``min_count`` samples. ``predictions``
+    are class indices ``(N,)`` (or already a histogram ``(num_classes,)`` of counts when
+    it is floating point).
     """
     if predictions.is_floating_point():
         counts = predictions.double()
@@ -177,7 +210,7 @@ def mode_coverage(
     if total <= 0:
         raise InvalidValue("mode coverage needs at least one sample")
     share = counts / total
-    covered = int((share >= threshold).sum())
+    covered = int((counts >= min_count).sum()) if min_count is not None else int((share >= threshold).sum())
     nz = share > 0
     kl = float((share[nz] * torch.log(share[nz] * num_classes)).sum())
     return {
@@ -301,15 +334,25 @@ def gan_scores(
     extractor: ClassifierFeatures,
     *,
     k: int = 3,
+    dc_k: int = 5,
     seed: int = 0,
     inception: InceptionFeatures | None = None,
+    mode_threshold: float = 0.01,
+    mode_min_count: int | None = None,
 ) -> dict[str, object]:
-    """Every score for real images (uint8) against generated ones (float in [−1, 1])."""
+    """Every score for real images (uint8) against generated ones (float in [−1, 1]).
+
+    ``extractor`` is any callable ``images → (features, logits)`` with ``num_classes``
+    (:class:`ClassifierFeatures`, or :class:`~droplab.evaluate.gan_modes.StackedFeatures`
+    for Stacked MNIST); ``k`` is precision/recall's and ``dc_k`` density/coverage's
+    neighbourhood; the mode options go to :func:`mode_coverage`.
+    """
     real_f, _ = extractor(real)
     fake_f, fake_logits = extractor(fake)
     kid_mean, kid_std = kernel_inception_distance(real_f, fake_f, seed=seed)
     is_mean, is_std = inception_score(fake_logits, seed=seed)
     precision, recall = precision_recall(real_f, fake_f, k=k)
+    density, coverage = density_coverage(real_f, fake_f, k=dc_k)
     out: dict[str, object] = {
         "fid": frechet_distance(real_f, fake_f),
         "kid_mean": kid_mean,
@@ -318,7 +361,10 @@ def gan_scores(
         "inception_score_std": is_std,
         "precision": precision,
         "recall": recall,
-        **mode_coverage(fake_logits.argmax(1), extractor.num_classes),
+        "density": density,
+        "coverage": coverage,
+        **mode_coverage(fake_logits.argmax(1), extractor.num_classes, threshold=mode_threshold,
+                        min_count=mode_min_count),
         "num_real": int(real.shape[0]),
         "num_fake": int(fake.shape[0]),
         "feature_dim": int(real_f.shape[1]),

@@ -33,7 +33,12 @@ Losses (logits in, scalar out):
 - ``wgan-gp``: Gulrajani et al. 2017 (D: D(G(z)) − D(x) + λ·GP; G: −D(G(z))), with
   :func:`gradient_penalty` ``E[(‖∇ D(x̂)‖₂ − 1)²]`` on random interpolates x̂.
 
-Spectral normalisation (Miyato et al. 2018) of every discriminator weight is optional.
+Spectral normalisation (Miyato et al. 2018) of every discriminator weight is optional, and
+so is a minibatch-standard-deviation feature before the discriminator's output layer
+(Karras et al. 2018). ``discriminators=K > 1`` builds a
+:class:`~droplab.models.gan_blocks.DiscriminatorSet` (Dropout-GAN, Mordido et al. 2018);
+``model="mlp"`` builds the fully connected nets of the 2-D mixtures
+(:mod:`droplab.models.gan_blocks`).
 """
 
 from __future__ import annotations
@@ -48,10 +53,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from droplab.errors import InvalidValue, check_rate, unknown_name
+from droplab.layers import make_dropout
+from droplab.models.gan_blocks import (
+    WHERE,
+    DiscriminatorSet,
+    MinibatchStd,
+    MLPDiscriminator,
+    MLPGenerator,
+    check_d_dropout_kind,
+    members,
+)
 
 LOSSES = ("ns", "hinge", "wgan-gp")
-WHERE = ("input", "hidden", "all")
-GAN_MODELS = ("dcgan",)
+#: ``auto``: ``dcgan`` for images, ``mlp`` for 2-D points
+GAN_MODELS = ("auto", "dcgan", "mlp")
 
 
 def size_plan(size: int) -> tuple[int, int]:
@@ -99,8 +114,6 @@ class Generator(nn.Module):
         dropout_at_sampling: bool = False,
     ) -> None:
         super().__init__()
-        from droplab.layers import make_dropout
-
         c, h, w = out_shape
         if h != w:
             raise InvalidValue(f"GAN images must be square, got {h}×{w}; pass --image-size")
@@ -170,6 +183,8 @@ class Discriminator(nn.Module):
         norm: ``"batch"`` or ``"none"``; BatchNorm in the critic is invalid with a
             per-sample gradient penalty, so the GAN task uses ``none`` for WGAN-GP and
             with spectral norm.
+        minibatch_std: append the minibatch-std feature map after the last block
+            (Karras et al. 2018; :class:`~droplab.models.gan_blocks.MinibatchStd`).
     """
 
     def __init__(
@@ -181,24 +196,13 @@ class Discriminator(nn.Module):
         dropout_where: str = "hidden",
         spectral_norm: bool = False,
         norm: str = "batch",
+        minibatch_std: bool = False,
     ) -> None:
         super().__init__()
-        from droplab.layers import make_dropout
-
         c, h, w = in_shape
         if h != w:
             raise InvalidValue(f"GAN images must be square, got {h}×{w}; pass --image-size")
-        if dropout_where not in WHERE:
-            raise unknown_name("discriminator dropout placement", dropout_where, WHERE)
-        from droplab.layers import KINDS
-
-        if dropout_kind not in KINDS:
-            raise unknown_name("dropout kind", dropout_kind, KINDS)
-        if dropout_kind == "dropconnect":
-            raise InvalidValue(
-                "dropconnect replaces weight layers and cannot sit between discriminator "
-                f"blocks; choose one of: {', '.join(k for k in KINDS if k != 'dropconnect')}"
-            )
+        check_d_dropout_kind(dropout_kind, dropout_where)
         if norm not in ("batch", "none"):
             raise unknown_name("discriminator norm", norm, ("batch", "none"))
         self.p = check_rate(dropout, "d_dropout")
@@ -227,6 +231,9 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             layers += drop("hidden")
             prev = ch
+        if minibatch_std:
+            layers.append(MinibatchStd())
+            prev += 1
         layers += [nn.Flatten(), sn(nn.Linear(prev * s0 * s0, 1))]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
@@ -239,29 +246,58 @@ class Discriminator(nn.Module):
 
 
 def build_gan(
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     *,
+    model: str = "auto",
     z_dim: int = 64,
     width: int = 32,
     loss: str = "ns",
     spectral_norm: bool = False,
+    minibatch_std: bool = False,
+    discriminators: int = 1,
     g_dropout: float = 0.0,
     g_dropout_at_sampling: bool = False,
     d_dropout: float = 0.0,
     d_dropout_kind: str = "dropout",
     d_dropout_where: str = "hidden",
-) -> tuple[Generator, Discriminator]:
-    """Generator and discriminator for images of ``shape``, from a GAN run's options.
+) -> tuple[nn.Module, nn.Module]:
+    """Generator and discriminator(s) for data of ``shape``, from a GAN run's options.
 
-    The critic is BatchNorm-free for WGAN-GP (a per-sample gradient penalty) and with
-    spectral norm. ``droplab gan`` builds its nets here and
-    :func:`droplab.runs.restore.load_run` rebuilds them from a run's ``config.json``.
+    ``shape`` is ``(C, H, W)`` for images (DCGAN) or ``(D,)`` for points (MLP; ``auto``
+    picks by the shape). The critic is BatchNorm-free for WGAN-GP (a per-sample gradient
+    penalty) and with spectral norm. ``discriminators > 1`` gives a
+    :class:`DiscriminatorSet` of independently initialised ones. ``droplab gan`` builds its
+    nets here and :func:`droplab.runs.restore.load_run` rebuilds them from a run's
+    ``config.json``.
     """
-    g = Generator(z_dim, shape, width, g_dropout, g_dropout_at_sampling)
-    norm = "none" if (loss == "wgan-gp" or spectral_norm) else "batch"
-    d = Discriminator(shape, width, d_dropout, d_dropout_kind, d_dropout_where, spectral_norm,
-                      norm)
-    return g, d
+    if model not in GAN_MODELS:
+        raise unknown_name("GAN model", model, GAN_MODELS)
+    points = len(shape) == 1
+    if model == "auto":
+        model = "mlp" if points else "dcgan"
+    if (model == "mlp") != points:
+        raise InvalidValue(f"--model {model} does not fit data of shape {tuple(shape)}: dcgan "
+                           "is for images, mlp for the 2-D datasets ring and grid")
+    if int(discriminators) != discriminators or discriminators < 1:
+        raise InvalidValue(f"--discriminators must be a positive integer, got {discriminators}")
+
+    def one_d() -> nn.Module:
+        if points:
+            return MLPDiscriminator(shape[0], width, 3, d_dropout, d_dropout_kind,
+                                    d_dropout_where, spectral_norm, minibatch_std)
+        norm = "none" if (loss == "wgan-gp" or spectral_norm) else "batch"
+        return Discriminator(shape, width, d_dropout, d_dropout_kind, d_dropout_where,  # type: ignore[arg-type]
+                             spectral_norm, norm, minibatch_std)
+
+    if points:
+        if g_dropout > 0:
+            raise InvalidValue("--g-dropout is pix2pix noise dropout in the image generator; "
+                               "the 2-D point generator has none: drop --g-dropout")
+        g: nn.Module = MLPGenerator(z_dim, shape[0], width, 3)
+    else:
+        g = Generator(z_dim, shape, width, g_dropout, g_dropout_at_sampling)  # type: ignore[arg-type]
+    ds = [one_d() for _ in range(int(discriminators))]
+    return g, (ds[0] if len(ds) == 1 else DiscriminatorSet(ds))
 
 
 def gan_options(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -304,7 +340,7 @@ def gradient_penalty(
     Gulrajani et al. 2017, "Improved training of Wasserstein GANs", Algorithm 1. The graph
     is kept (``create_graph=True``) so the penalty can be back-propagated into the critic.
     """
-    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real)
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = critic(x_hat)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
@@ -315,3 +351,25 @@ def gradient_penalty(
 def is_bad_loss(value: float, limit: float) -> bool:
     """True when a loss is NaN/inf or its magnitude exceeds ``limit`` (an explosion)."""
     return not math.isfinite(value) or abs(value) > limit
+
+
+__all__ = [
+    "GAN_MODELS",
+    "LOSSES",
+    "WHERE",
+    "Discriminator",
+    "DiscriminatorSet",
+    "Generator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "MinibatchStd",
+    "build_gan",
+    "dcgan_init",
+    "discriminator_loss",
+    "gan_options",
+    "generator_loss",
+    "gradient_penalty",
+    "is_bad_loss",
+    "members",
+    "size_plan",
+]
