@@ -46,14 +46,14 @@ from typing import Any
 
 os.environ.setdefault("DROPLAB_PROGRESS", "0")
 
-import torch  # noqa: E402
+import torch
 
-from droplab.data.toy2d import TOY_DATASETS  # noqa: E402
-from droplab.engine.gan import GanConfig, load_gan_data  # noqa: E402
-from droplab.evaluate.gan import ClassifierFeatures, gan_scores, mode_coverage  # noqa: E402
-from droplab.evaluate.gan_modes import StackedFeatures, point_scores  # noqa: E402
-from droplab.runs import atomic_write_json  # noqa: E402
-from droplab.tasks.gan import STACKED_MODE_SAMPLES, run  # noqa: E402
+from droplab.data.toy2d import TOY_DATASETS
+from droplab.engine.gan import GanConfig, load_gan_data
+from droplab.evaluate.gan import ClassifierFeatures, gan_scores, mode_coverage
+from droplab.evaluate.gan_modes import StackedFeatures, point_scores
+from droplab.runs import atomic_write_json
+from droplab.tasks.gan import STACKED_MODE_SAMPLES, run
 
 HERE = Path(__file__).resolve().parent
 
