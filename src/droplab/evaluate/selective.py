@@ -45,12 +45,24 @@ from droplab.uncertainty import (
 TEMPERATURE_FILE = "temperature.json"
 
 
-def validation_part(train: D.ImageData, val_fraction: float, seed: int) -> D.ImageData | None:
-    """The validation images the training task held out (same split, same seed)."""
-    if not val_fraction > 0:
+def run_validation(config: dict[str, Any], train: D.ImageData) -> D.ImageData | None:
+    """The validation images a ``train`` or ``finetune`` run held out, rebuilt from its
+    ``config.json`` (same label budget, same stratified split, same seed); ``None`` when
+    it held out none."""
+    data = config["data"] if isinstance(config.get("data"), dict) else config  # 0.1: flat
+    run = config["run"] if isinstance(config.get("run"), dict) else config
+    seed = int(run.get("seed", 0))
+    fraction = float(data.get("val_fraction") or 0.0)
+    if not fraction > 0:
         return None
-    _, val_idx = D.stratified_split(train.labels, val_fraction, seed)
-    return train.subset(val_idx)
+    idx = torch.arange(len(train.labels))
+    per_class = data.get("labels_per_class")
+    if per_class is not None:  # finetune: the split is of its label budget
+        idx = D.subsample_per_class(train.labels, int(per_class), seed)
+        if len(idx) < 4 * int(torch.unique(train.labels).numel()):
+            return None
+    _, val_idx = D.stratified_split(train.labels[idx], fraction, seed)
+    return train.subset(idx[val_idx])
 
 
 def fit_run_temperature(val_probs: Tensor, val_labels: Tensor,
@@ -133,5 +145,5 @@ def risk_coverage_plot(curves: dict[str, tuple[Tensor, Tensor, Tensor | None]],
 
 
 __all__ = ["TEMPERATURE_FILE", "ensemble_members", "fit_run_temperature", "ood_metrics",
-           "read_temperature", "risk_coverage_plot", "selective_metrics", "validation_part",
+           "read_temperature", "risk_coverage_plot", "run_validation", "selective_metrics",
            "write_temperature"]

@@ -112,7 +112,12 @@ _CLASSIFY_OK = {"description": "MC-dropout prediction", "content": {"application
             "label": {"type": "string"}, "p": {"type": "number"}}}},
         "entropy": {"type": "number", "description": "predictive entropy (nats)"},
         "mutual_information": {"type": "number", "description": "BALD score (nats)"},
-        "mc_samples": {"type": "integer"}, "seed": {"type": "integer"},
+        "mc_samples": {"type": "integer"},
+        "temperature": {"type": ["number", "null"],
+                        "description": "the run's stored temperature, applied to each pass"},
+        "abstained": {"type": "boolean", "description": "uncertainty above the threshold "
+                      "picked by --abstain-at-error on the validation split"},
+        "seed": {"type": "integer"},
         "input": {"type": "object"}, "seconds": {"type": "number"}}}}}}
 _STYLIZE_OK = {"description": "the stylised image",
                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
@@ -126,7 +131,8 @@ def create_app(cfg: ServeConfig, models: list[ServedModel] | None = None) -> Fas
     :class:`UploadGate`; ``app.state.counts`` counts responses by status.
     """
     if models is None:
-        models = load_models(cfg.runs, cfg.device, cfg.mc)
+        models = load_models(cfg.runs, cfg.device, cfg.mc, abstain_at_error=cfg.abstain_at_error,
+                             abstain_by=cfg.abstain_by, seed=cfg.seed)
     queue = InferenceQueue(cfg.concurrency, cfg.queue, cfg.timeout)
     gate = UploadGate(cfg.max_uploads)
     counts: Counter[int] = Counter()

@@ -68,6 +68,16 @@ class ServeConfig(Config):
                                  "closed, or a stalled upload gets 408")
     body_timeout: float = option(60.0, gt=0, metavar="S",
                                  help="seconds a whole upload may take to arrive; then 408")
+    abstain_at_error: float | None = option(
+        None, gt=0, lt=1, metavar="E",
+        help="abstain: pick the uncertainty threshold on each classifier run's validation "
+        "split that gives error <= E on the answered images; requests above it get "
+        '"abstained": true (default: always answer)')
+    abstain_by: str = option("entropy", choices=("entropy", "mutual_information", "max_prob"),
+                             what="uncertainty score",
+                             help="uncertainty the --abstain-at-error threshold applies to: "
+                             "predictive entropy, mutual information (BALD) or 1 - max "
+                             "probability")
     style_size: int = option(512, ge=1, metavar="PX",
                              help="stylize: larger images are scaled down to this longer side")
     threads: int | None = option(None, ge=1, metavar="N",

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from droplab.data.images import encode_image, pil_to_tensor, resize_to
+from droplab.serve import calibrate
 from droplab.serve.registry import ClassifierModel, StyleModel
 from droplab.serve.uploads import Upload
 from droplab.uncertainty import mc_mode, mc_predict, mutual_information, predictive_entropy
@@ -45,7 +46,9 @@ def classifier_input(img: Image.Image, m: ClassifierModel) -> torch.Tensor:
 
 
 def classify_image(upload: Upload, m: ClassifierModel, seed: int) -> dict[str, Any]:
-    """MC-dropout answer for one image: label, class probabilities, entropy and MI (nats)."""
+    """MC-dropout answer for one image: label, class probabilities, entropy and MI (nats),
+    after the run's stored temperature; ``abstained`` when the model has an abstain rule
+    (``--abstain-at-error``) and the image's uncertainty is above its threshold."""
     x = classifier_input(upload.image, m).to(m.device)
     t0 = time.perf_counter()
     with m.lock, RNG_LOCK:
@@ -55,8 +58,10 @@ def classify_image(upload: Upload, m: ClassifierModel, seed: int) -> dict[str, A
         else:
             with torch.no_grad():
                 mc = torch.softmax(m.model.eval()(x).float(), dim=1).unsqueeze(0)
-    mc = mc.float().cpu()
+    mc = calibrate.scale(mc.float().cpu(), m.temperature)
     probs = mc.mean(0)[0]
+    abstained = (m.abstain is not None
+                 and float(calibrate.uncertainty(mc, m.abstain.score)[0]) > m.abstain.threshold)
     k = int(probs.argmax())
     order = torch.argsort(probs, descending=True).tolist()
     return {
@@ -68,6 +73,8 @@ def classify_image(upload: Upload, m: ClassifierModel, seed: int) -> dict[str, A
         "entropy": float(predictive_entropy(mc)[0]),
         "mutual_information": float(mutual_information(mc)[0]),
         "mc_samples": m.samples,
+        "temperature": m.temperature.temperature if m.temperature is not None else None,
+        "abstained": abstained,
         "seed": int(seed),
         "input": {"format": upload.format, "width": upload.width, "height": upload.height},
         "seconds": time.perf_counter() - t0,

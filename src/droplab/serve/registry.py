@@ -22,8 +22,9 @@ from droplab.errors import UserError
 from droplab.runs import RunDir
 from droplab.runs.restore import LoadedRun, load_run
 from droplab.runtime import resolve_device
+from droplab.serve import calibrate
 from droplab.serve.errors import ApiError, one_line
-from droplab.uncertainty import stochastic_modules
+from droplab.uncertainty import AbstainRule, Temperature, stochastic_modules
 
 log = logging.getLogger("droplab.serve")
 
@@ -47,11 +48,17 @@ class ClassifierModel:
     device: torch.device
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     task: str = "classify"
+    #: the run's stored temperature that fits how it is answered (temperature.json)
+    temperature: Temperature | None = None
+    #: ``--abstain-at-error``: the threshold picked on the run's validation split
+    abstain: AbstainRule | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "run": str(self.run_dir),
                 "classes": self.classes, "in_shape": list(self.in_shape),
-                "mc_samples": self.samples}
+                "mc_samples": self.samples,
+                "temperature": self.temperature.temperature if self.temperature else None,
+                "abstain": self.abstain.to_dict() if self.abstain else None}
 
 
 @dataclass
@@ -74,9 +81,14 @@ class StyleModel:
 ServedModel = ClassifierModel | StyleModel
 
 
-def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[ServedModel]:
+def load_models(runs: list[str], device: str = "auto", mc: int = 20, *,
+                abstain_at_error: float | None = None, abstain_by: str = "entropy",
+                seed: int = 0) -> list[ServedModel]:
     """Load every run folder; its task (``train``, ``finetune`` or ``style-train``) comes
     from config.json. Two folders with the same name are served as ``name`` and ``name-2``.
+    A classifier's stored ``temperature.json`` is applied; with ``abstain_at_error`` each
+    classifier gets the threshold on ``abstain_by`` picked on its validation split
+    (:mod:`droplab.serve.calibrate`).
 
     Raises a one-line :class:`UserError` for a missing folder, an unreadable config, a task
     that cannot be served, or a checkpoint that cannot be loaded.
@@ -103,7 +115,12 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20) -> list[Ser
             out.append(StyleModel(name, run.path, net, float(net.config.get("dropout", 0.0)),
                                   dev))
         else:
-            out.append(_classifier(name, run.path, loaded, dev, mc))
+            m = _classifier(name, run.path, loaded, dev, mc)
+            m.temperature = calibrate.served_temperature(m)
+            if abstain_at_error is not None:
+                m.abstain = calibrate.fit_abstain(m, loaded.config, abstain_at_error,
+                                                  abstain_by, seed)
+            out.append(m)
     return out
 
 

@@ -197,7 +197,8 @@ def serve(cfg: ServeConfig, on_ready: Callable[[str, list[ServedModel]], None] |
     """Load the runs, listen, and serve until interrupted; returns a summary."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    models = load_models(cfg.runs, cfg.device, cfg.mc)
+    models = load_models(cfg.runs, cfg.device, cfg.mc, abstain_at_error=cfg.abstain_at_error,
+                             abstain_by=cfg.abstain_by, seed=cfg.seed)
     raise_open_file_limit()
     sock = bind_socket(cfg.host, cfg.port)
     url = url_of(sock)

@@ -226,8 +226,7 @@ def evaluate_run(
         curves[f"MC T={mc} by mutual information"] = (mc_in.mean(0), labels,
                                                       mutual_information(mc_in))
     if temperature:
-        val = S.validation_part(bundle.train, data.val_fraction,
-                                RunConfig.from_section(loaded.config, "run").seed)
+        val = S.run_validation(loaded.config, bundle.train)
         if val is None:
             raise InvalidValue(f"{loaded.run_dir} was trained without a validation split "
                                "(--val-fraction 0); temperature scaling needs one")
