@@ -351,6 +351,27 @@ def test_cli_stacked_mnist_reports_modes_kl_fid_and_density_coverage(
     assert s["classifier_test_acc"] > 0.9  # the synthetic digits are easy
 
 
+def test_cli_stacked_mnist_on_the_shared_mnist_files(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The "done when" command on the real MNIST files, tiny (skipped without ../shared)."""
+    from droplab.cli import main
+
+    root = shared_dir / "datasets"
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip("needs ../shared/datasets/MNIST/raw")
+    argv = ["gan", "--dataset", "stacked-mnist", "--data-root", str(root), "--no-download",
+            "--limit", "20", "--epochs", "1", "--batch-size", "32", "--width", "8", "--z-dim",
+            "16", "--eval-samples", "40", "--mode-samples", "200", "--classifier-epochs", "1",
+            "--device", "cpu", "--out", str(tmp_path / "sm"), "--json"]
+    assert main(argv) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["dataset"] == "stacked-mnist" and s["num_modes"] == 1000 and s["g_steps"] >= 5
+    assert 1 <= s["modes"] <= 200 and 0 <= s["kl_uniform"] <= math.log(1000) + 1e-9
+    for k in ("fid", "density", "coverage"):
+        assert isinstance(s[k], float) and math.isfinite(s[k]), k
+
+
 def test_cli_ring_reports_modes_hit_and_high_quality_samples(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
