@@ -37,19 +37,18 @@ from droplab.tasks import sweep as tune
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
 
 
-def _base(args: argparse.Namespace, out: Path) -> ClassifyConfig:
+def _options(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.tiny:
-        return ClassifyConfig.build(dataset="digits", limit=25, model="mlp", epochs=1, device="cpu",
-                              val_fraction=0.0, out=str(out), seed=args.seed)
-    return ClassifyConfig.build(dataset="mnist", data_root=args.root, limit=args.per_class,
-                          model=args.model, epochs=args.epochs, batch_size=128, device="cpu",
-                          val_fraction=0.0, out=str(out), seed=args.seed)
+        return dict(dataset="digits", limit=25, model="mlp", epochs=1, device="cpu",
+                    out=str(out), seed=args.seed)
+    return dict(dataset="mnist", data_root=args.root, limit=args.per_class, model=args.model,
+                epochs=args.epochs, batch_size=128, device="cpu", out=str(out), seed=args.seed)
 
 
 def _sweep(args: argparse.Namespace, tmp: Path, tag: str, rates: list[float],
            **kw: Any) -> dict[str, Any]:
-    cfg = tune.SweepConfig(base=_base(args, tmp / tag), space=tune.SearchSpace(rates),
-                           folds=args.folds, attack_samples=200 if not args.tiny else 20, **kw)
+    cfg = tune.SweepConfig.build(**_options(args, tmp / tag), rates=rates, folds=args.folds,
+                                 attack_samples=200 if not args.tiny else 20, **kw)
     t0 = time.perf_counter()
     summary = tune.run(cfg)
     summary["wall_s"] = time.perf_counter() - t0

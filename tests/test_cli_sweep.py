@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from scipy.stats import ttest_rel
 
 from droplab.cli import main
 
@@ -42,8 +45,28 @@ def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
         # CV accuracy of a 10-class model trained 2 epochs is far above chance (0.1)
         assert r["cv"]["acc"]["mean"] > 0.3
     best = max(summary["settings"], key=lambda r: r["cv"]["acc"]["mean"])
-    assert summary["pick"]["rate"] == best["rate"]
+    assert summary["pick"]["rate"] == best["rate"] and summary["pick"]["rule"] == "best"
+    assert summary["best"]["rate"] == best["rate"]
     assert 0 <= summary["test_acc"] <= 1
+    # the one-standard-error rule, recomputed from the per-fold accuracies it reports
+    folds = {r["rate"]: r["per_fold"]["acc"] for r in summary["settings"]}
+    assert all(len(v) == 3 for v in folds.values())
+    m = {k: statistics.fmean(v) for k, v in folds.items()}
+    se = statistics.stdev(folds[best["rate"]]) / math.sqrt(3)
+    within = [k for k in folds if m[k] >= m[best["rate"]] - se]
+    assert summary["one_se"]["rate"] == min(within)
+    assert summary["one_se"]["best_se"] == pytest.approx(se)
+    # the paired test: the pick against the runner-up, fold by fold (scipy's ttest_rel)
+    test = summary["paired_test"]
+    runner = max((k for k in folds if k != best["rate"]), key=lambda k: m[k])
+    assert test["pick"]["rate"] == best["rate"] and test["runner_up"]["rate"] == runner
+    diffs = [a - b for a, b in zip(folds[best["rate"]], folds[runner])]
+    assert test["mean_diff"] == pytest.approx(statistics.fmean(diffs))
+    if statistics.pstdev(diffs) > 0:
+        ref = ttest_rel(folds[best["rate"]], folds[runner])
+        assert test["p"] == pytest.approx(float(ref.pvalue))
+    assert 0 <= test["p"] <= test["p_corrected"] <= 1
+    assert summary["dashboard"] == f"optuna-dashboard sqlite:///{out.resolve() / 'study.db'}"
     for name in ("study.db", "summary.json", "config.json", "metrics.jsonl",
                  "cv_vs_rate.png", "gap_vs_rate.png", "robust_vs_rate.png"):
         assert (out / name).is_file(), name
@@ -60,7 +83,16 @@ def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
         (["--rates", ""], "--rates is empty"),
         (["--rates", "0,0.5,0.5"], "lists a value twice"),
         (["--rates", "0,1.2"], "outside [0, 1)"),
-        (["--rates", "0:0.5"], "start:stop:count"),
+        (["--rates", "0:0.5:2:3"], "start:stop:count"),
+        (["--rates", "0:0.5"], "needs a sampler that draws from it"),
+        (["--rates", "log:0:0.5", "--sampler", "tpe", "--trials", "2"], "LOW > 0"),
+        (["--rates", "0.5:0.1", "--sampler", "tpe", "--trials", "2"], "empty or reversed"),
+        (["--rates", "0:0.5", "--sampler", "tpe"], "give --trials N"),
+        (["--trials", "5"], "omit --trials"),
+        (["--objectives", "acc,ece", "--pruner", "median"], "pruning needs a single objective"),
+        (["--pick", "knee"], "needs several --objectives"),
+        (["--schedules", "constant,wobble"], "unknown dropout schedule"),
+        (["--conv-rates", "0,0.2"], "inconsistent"),
         (["--kinds", "bogus"], "unknown dropout kind 'bogus'"),
         (["--wheres", "conv"], "inconsistent"),
         (["--folds", "40"], "40 folds need at least 40 images in every class"),
@@ -80,6 +112,7 @@ def test_bad_input_is_one_line_error(
     assert len(lines) == 1 and lines[0].startswith("droplab sweep: error:"), err
     assert needle in lines[0]
     assert "secret" not in lines[0]
+    assert not (tmp_path / "x").exists()  # checked before the run folder is created
 
 
 def test_kill_9_mid_trial_then_resume_finishes_every_setting_once(tmp_path: Path) -> None:
@@ -150,10 +183,9 @@ def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_origina
     from droplab.tasks.sweep import objective
 
     orig, copy = tmp_path / "orig", tmp_path / "elsewhere" / "copy"
-    base = ClassifyConfig.build(dataset="digits", limit=30, model="mlp", epochs=1, device="cpu",
-                          val_fraction=0.0, out=str(orig))
-    cfg = sweep.SweepConfig(base=base, space=sweep.SearchSpace([0.0, 0.3, 0.6]), folds=2,
-                            threads=1, attack_samples=20)
+    cfg = sweep.SweepConfig.build(dataset="digits", limit=30, model="mlp", epochs=1,
+                                  device="cpu", out=str(orig), rates="0,0.3,0.6", folds=2,
+                                  threads=1, attack_samples=20)
     real, calls = objective.train_and_score, []
 
     def interrupted_at_third_fold(*args: object, **kw: object) -> dict[str, float]:
@@ -190,3 +222,58 @@ def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_origina
     assert len(failed) == 1 and failed[0].params["rate"] == 0.3  # the interrupted trial …
     retry = [t for t in done if t.system_attrs.get("failed_trial") == failed[0].number]
     assert len(retry) == 1 and retry[0].params == failed[0].params  # … retried exactly once
+
+
+@pytest.mark.slow
+def test_the_issue_20_command_prints_the_pareto_set_the_1se_pick_and_the_paired_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``droplab sweep --dataset digits --rates 0:0.6 --sampler tpe --trials 12 --objectives
+    acc,ece --folds 3 --epochs 2 --json`` (issue 20's "done when"), as written."""
+    out = tmp_path / "done"
+    rc, stdout, err = _sweep(["--dataset", "digits", "--rates", "0:0.6", "--sampler", "tpe",
+                              "--trials", "12", "--objectives", "acc,ece", "--folds", "3",
+                              "--epochs", "2", "--json", "--out", str(out), "--threads", "1",
+                              "--device", "cpu"], capsys)
+    assert rc == 0, err
+    s = json.loads(stdout)
+    assert s["objectives"] == ["acc", "ece"] and s["directions"] == ["maximize", "minimize"]
+    rows = [r for r in s["settings"] if r["state"] == "complete"]
+    assert len(rows) == 12 and all(0.0 <= r["rate"] <= 0.6 for r in rows)
+    assert len({r["rate"] for r in rows}) > 1  # TPE drew from the continuous range
+    pts = {r["trial"]: (r["cv"]["acc"]["mean"], r["cv"]["ece"]["mean"]) for r in rows}
+
+    def dominated(p: tuple[float, float]) -> bool:
+        return any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in pts.values())
+
+    front = {f["trial"] for f in s["pareto"]["front"]}
+    assert front == {t for t, p in pts.items() if not dominated(p)}  # brute force
+    assert s["pareto"]["knee"]["trial"] in front
+    assert s["pick"]["rule"] == "knee" and s["pick"]["trial"] == s["pareto"]["knee"]["trial"]
+    assert s["one_se"]["n_within"] >= 1 and s["one_se"]["metric"] == "acc"
+    t = s["paired_test"]
+    assert t["n"] == 3 and 0 <= t["p"] <= 1 and 0 <= t["p_corrected"] <= 1
+    assert (out / "pareto_front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(out / "pareto_front.png") in s["plots"]
+
+
+def test_a_half_finished_sweep_of_release_0_1_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({
+        "task": "sweep", "base": {"dataset": "digits", "limit": 20, "model": "mlp", "epochs": 1,
+                                  "out": str(old), "seed": 0},
+        "space": {"rates": [0.0, 0.5], "kinds": ["dropout"], "wheres": ["head"]}, "folds": 2,
+        "objective": "acc", "storage": f"sqlite:///{old / 'study.db'}", "study_name": "sweep-old"}))
+    study = optuna.create_study(study_name="sweep-old", storage=f"sqlite:///{old / 'study.db'}")
+    study.set_user_attr("droplab_space", {"space": {"rate": [0.0, 0.5]}, "folds": 2})
+    before = _snapshot(old)
+    capsys.readouterr()  # Optuna's own INFO line about the study made above
+    rc, _, err = _sweep(["--out", str(old), "--resume", "--device", "cpu"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "different search space or setup" in err
+    assert _snapshot(old) == before

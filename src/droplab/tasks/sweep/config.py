@@ -1,121 +1,201 @@
-"""The sweep's configuration: one ``droplab train`` setup (``base``) plus the study options.
+"""The sweep's configuration, declared once (:mod:`droplab.config`): the search space, the
+objective(s) and the pick, the study and its workers, and the ``droplab train`` setup each
+setting is trained with — the same data / model / training / run sections the classify
+task nests, so ``--epochs`` or ``--classes`` is written in one place.
 
-No Optuna here (see :mod:`droplab.tasks.sweep.space`).
+No Optuna here: the CLI builds its parser from this module without importing the study
+machinery.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# TEMPORARY (issue 15): the classify config is the base of a sweep; it moves below tasks/
-# with `spine`'s nested `droplab.config` dataclasses, and this import goes with it.
-from droplab.engine.classifier import ClassifyConfig
-from droplab.errors import InvalidValue, unknown_name
-from droplab.evaluate.robustness import check_attack
-from droplab.runs import to_jsonable
+from droplab.config import Config, option, section
+from droplab.engine.config import ClassifyDataConfig, RunConfig, TrainConfig
+from droplab.errors import InvalidValue
+from droplab.evaluate.robustness import ATTACKS, check_attack
+from droplab.layers import KINDS
+from droplab.models import ModelConfig
+from droplab.models.classifiers import WHERE
 from droplab.tasks.sweep.space import SearchSpace
 
+#: objective name → direction
 OBJECTIVES: dict[str, str] = {"acc": "maximize", "nll": "minimize", "ece": "minimize",
                               "robust": "maximize"}
 #: objective name → key of the per-fold metrics dict
 OBJECTIVE_METRIC = {"acc": "acc", "nll": "nll", "ece": "ece", "robust": "robust_acc"}
-SAMPLERS = ("grid", "tpe")
+SAMPLERS = ("grid", "tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "hyperband")
+#: how the setting refitted and scored on test is chosen (see :mod:`droplab.tasks.sweep.stats`)
+PICKS = ("auto", "best", "1se", "knee")
 #: every metric a trial records per fold, whatever the objective
 METRIC_KEYS = ("acc", "nll", "ece", "robust_acc", "train_acc", "gap")
-#: base-config fields a setting overrides (not part of what a joining worker must match)
-SETTING_FIELDS = ("dropout", "dropout_kind", "dropout_where")
 
 
 @dataclass
-class SweepConfig:
-    """A dropout sweep over one ``droplab train`` configuration (``base``).
+class SweepDataConfig(ClassifyDataConfig):
+    """The classify data section; cross-validation replaces the validation split."""
 
-    ``base`` is a :class:`droplab.tasks.classify.ClassifyConfig`; its dropout rate, kind and
-    placement are overridden by each setting, its ``seed``/``device``/``out`` are the
-    sweep's. ``n_trials`` defaults to the grid size. ``grace_period`` defaults to twice the
-    heartbeat interval. ``threads`` is torch's intra-op threads per worker (default: CPU
-    cores ÷ workers); on a CPU shared with other jobs 1 thread can be many times faster.
+    val_fraction: float = option(0.0, ge=0, lt=1, cli=False,
+                                 help="unused: k-fold CV splits the training part")
+
+
+@dataclass
+class SweepModelConfig(ModelConfig):
+    """The classify model section; the dropout rate, kind and placement are the space's."""
+
+    dropout: float = option(0.0, rate=True, cli=False, help="set by each setting (--rates)")
+    dropout_kind: str = option("dropout", choices=tuple(KINDS), what="dropout kind", cli=False,
+                               help="set by each setting (--kinds)")
+    dropout_where: str = option("head", choices=WHERE, what="dropout placement", cli=False,
+                                help="set by each setting (--wheres)")
+
+
+@dataclass
+class SweepConfig(Config):
+    """A dropout sweep: k-fold CV of every setting of ``space`` on one ``droplab train``
+    setup (``data``, ``model``, ``train``, ``run``), on an Optuna study.
+
+    ``objective`` (or several ``objectives``: a multi-objective study and its Pareto front)
+    is what the sampler optimises; every trial records all metrics anyway. ``pick`` chooses
+    the setting refitted and scored once on test: ``best`` CV score, ``1se`` (the simplest
+    setting within one standard error of the best), ``knee`` (of the Pareto front);
+    ``auto`` = ``knee`` with several objectives, else ``best``. ``n_trials`` defaults to the
+    grid size. ``grace_period`` defaults to twice the heartbeat interval. ``threads`` is
+    torch's intra-op threads per worker (default: CPU cores ÷ workers).
     """
 
-    base: Any
-    space: SearchSpace
-    folds: int = 5
-    objective: str = "acc"
-    attack: str = "fgsm"
-    eps: float = 0.1
-    attack_steps: int = 10
-    attack_alpha: float | None = None
-    attack_samples: int = 500
-    sampler: str = "grid"
-    n_trials: int | None = None
-    pruner: str = "none"
-    storage: str | None = None
-    study_name: str | None = None
-    workers: int = 1
-    heartbeat_interval: int = 10
-    grace_period: int | None = None
-    max_retry: int = 3
-    oracle: bool = False
-    join: bool = False
-    train_eval_samples: int = 2000
-    threads: int | None = None
+    space: SearchSpace = section(SearchSpace, title="search space")
+    folds: int = option(5, ge=2, help="stratified cross-validation folds")
+    objective: str = option("acc", choices=tuple(OBJECTIVES),
+                            help="what the study optimises: acc, nll, ece or robust")
+    objectives: list[str] | None = option(None, choices=tuple(OBJECTIVES), metavar="OBJ,…",
+                                          help="several objectives at once, e.g. acc,ece: a "
+                                          "multi-objective study, its Pareto front and knee")
+    pick: str = option("auto", choices=PICKS, what="pick rule",
+                       help="setting refitted and tested: best, 1se (simplest within one "
+                       "standard error of the best), knee (of the Pareto front) or auto "
+                       "(knee with --objectives, else best)")
+    attack: str = option("fgsm", choices=tuple(ATTACKS), what="attack",
+                         help="attack of the robust metric: fgsm or pgd (L∞)")
+    eps: float = option(0.1, ge=0, le=1, help="attack radius in pixel units")
+    attack_steps: int = option(10, ge=1, help="PGD steps")
+    attack_alpha: float | None = option(None, gt=0, help="PGD step (default 2.5·eps/steps)")
+    attack_samples: int = option(500, ge=1, help="validation images attacked per fold")
+    train_eval_samples: int = option(2000, ge=1, cli=False,
+                                     help="training images scored for the train–val gap")
+    sampler: str = option("grid", choices=SAMPLERS,
+                          help="grid, tpe (Bergstra et al. 2011), random or nsga2 (Deb et al. "
+                          "2002); all seeded")
+    n_trials: int | None = option(None, ge=1, flag="--trials",
+                                  help="trials (default: the grid size)")
+    pruner: str = option("none", choices=PRUNERS,
+                         help="none, median or hyperband; every epoch of every fold is a step")
+    storage: str | None = option(None, metavar="URL",
+                                 help="study URL (default sqlite:///OUT/study.db; a journal "
+                                 "file with --workers > 1; postgresql://… for many machines)")
+    study_name: str | None = option(None, help="default sweep-<out folder name>")
+    workers: int = option(1, ge=1, runtime=True, help="local worker processes")
+    threads: int | None = option(None, ge=1, runtime=True,
+                                 help="torch threads per worker (default: CPU cores ÷ workers)")
+    join: bool = option(False, runtime=True, help="join the study --study-name in --storage "
+                        "as a worker (another machine)")
+    heartbeat_interval: int = option(10, ge=1, runtime=True,
+                                     help="seconds between trial heartbeats")
+    grace_period: int | None = option(None, ge=1, runtime=True,
+                                      help="seconds without heartbeat before a trial is "
+                                      "retried (default 2×interval)")
+    max_retry: int = option(3, ge=0, runtime=True, help="retries of a lost trial")
+    oracle: bool = option(False, runtime=True,
+                          help="also train every setting on the full split and score it on test")
+    data: SweepDataConfig = section(SweepDataConfig, title="data (as in droplab train)")
+    model: SweepModelConfig = section(lambda: SweepModelConfig(name="mlp"),
+                                      title="model (as in droplab train)")
+    train: TrainConfig = section(lambda: TrainConfig(batch_size=32),
+                                 title="training (as in droplab train)")
+    run: RunConfig = section(RunConfig, title="run")
 
     def validate(self) -> None:
-        self.space.validate(self.base.model.name)
-        if self.objective not in OBJECTIVES:
-            raise unknown_name("objective", self.objective, OBJECTIVES)
-        if self.sampler not in SAMPLERS:
-            raise unknown_name("sampler", self.sampler, SAMPLERS)
-        if self.pruner not in PRUNERS:
-            raise unknown_name("pruner", self.pruner, PRUNERS)
+        space = self.space
+        space.check_model(self.model.name)
         check_attack(self.attack, self.eps, self.attack_steps, self.attack_alpha)
-        if int(self.folds) != self.folds or self.folds < 2:
-            raise InvalidValue(f"--folds must be an integer >= 2, got {self.folds}")
-        if self.workers < 1:
-            raise InvalidValue(f"--workers must be at least 1, got {self.workers}")
-        if self.n_trials is not None and self.n_trials < 1:
-            raise InvalidValue(f"--trials must be at least 1, got {self.n_trials}")
-        if self.heartbeat_interval < 1:
-            raise InvalidValue(f"--heartbeat-interval must be >= 1 s, got {self.heartbeat_interval}")
-        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+        if self.objectives is not None:
+            if not self.objectives:
+                raise InvalidValue("--objectives is empty; give e.g. acc,ece")
+            if len(set(self.objectives)) != len(self.objectives):
+                raise InvalidValue(f"--objectives lists one twice ({self.objectives})")
+        if self.multi and self.pruner != "none":
+            raise InvalidValue("pruning needs a single objective (Optuna cannot prune a "
+                               "multi-objective study); use --pruner none or one --objective")
+        if self.pick == "knee" and not self.multi:
+            raise InvalidValue("--pick knee needs several --objectives (a Pareto front)")
+        if self.sampler == "grid" and not space.discrete:
+            raise InvalidValue("a continuous range in the search space needs a sampler that "
+                               "draws from it: --sampler tpe, random or nsga2")
+        if self.sampler == "grid" and self.n_trials is not None and self.n_trials != space.size():
+            raise InvalidValue(f"--trials {self.n_trials} with --sampler grid: the grid has "
+                               f"{space.size()} settings; omit --trials")
+        if self.sampler != "grid" and self.n_trials is None and not space.discrete:
+            raise InvalidValue("a continuous search space has no natural size: give --trials N")
+        if (self.grace_period is not None and self.grace_period <= self.heartbeat_interval):
             raise InvalidValue("--grace-period must exceed --heartbeat-interval "
                                f"({self.grace_period} <= {self.heartbeat_interval})")
-        if self.threads is not None and self.threads < 1:
-            raise InvalidValue(f"--threads must be at least 1, got {self.threads}")
-        if self.attack_samples < 1:
-            raise InvalidValue(f"--attack-samples must be at least 1, got {self.attack_samples}")
         if self.join and not (self.storage and self.study_name):
             raise InvalidValue("--join needs the shared --storage URL and the --study-name to join")
 
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def objective_list(self) -> list[str]:
+        """The objectives in order (the first one decides ``best`` and ``1se``)."""
+        return list(self.objectives) if self.objectives else [self.objective]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objective_list) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objective_list]
+
     @property
     def direction(self) -> str:
-        return OBJECTIVES[self.objective]
+        return self.directions[0]
+
+    @property
+    def pick_rule(self) -> str:
+        if self.pick != "auto":
+            return self.pick
+        return "knee" if self.multi else "best"
 
     @property
     def target_trials(self) -> int:
-        return self.n_trials if self.n_trials is not None else len(self.space.settings())
+        return self.n_trials if self.n_trials is not None else self.space.size()
+
+    @property
+    def seed(self) -> int:
+        return int(self.run.seed)
 
     def space_record(self) -> dict[str, Any]:
         """What must agree between the study and every worker joining it."""
-        base = to_jsonable(self.base)
-        for k in ("out", "device"):
-            base["run"].pop(k, None)
-        for k in SETTING_FIELDS:
+        base = {name: getattr(self, name).to_dict() for name in ("data", "model", "train")}
+        for k in ("dropout", "dropout_kind", "dropout_where"):
             base["model"].pop(k, None)
-        return {"space": self.space.grid(), "folds": int(self.folds), "objective": self.objective,
-                "sampler": self.sampler, "n_trials": self.target_trials,
+        base["train"].pop("tensorboard", None)
+        base["seed"] = self.seed
+        return {"space": self.space.record(), "folds": int(self.folds),
+                "objectives": self.objective_list, "sampler": self.sampler,
+                "n_trials": self.target_trials,
                 "attack": [self.attack, float(self.eps), int(self.attack_steps),
-                           self.attack_alpha], "base": base}
+                           self.attack_alpha, int(self.attack_samples)], "base": base}
 
-
-def config_from_dict(d: dict[str, Any]) -> SweepConfig:
-    """Rebuild a :class:`SweepConfig` from its ``config.json`` (for ``--resume``)."""
-    d = dict(d)
-    d.pop("task", None)
-    base = ClassifyConfig.from_dict(d.pop("base"))
-    space = SearchSpace(**d.pop("space"))
-    names = {f.name for f in dataclasses.fields(SweepConfig)}
-    return SweepConfig(base=base, space=space, **{k: v for k, v in d.items() if k in names})
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: Any = None) -> SweepConfig:
+        """Also reads the ``config.json`` of release 0.1 (the train options under ``base``)."""
+        data = dict(data)
+        legacy = data.pop("base", None)
+        if isinstance(legacy, Mapping):
+            data = {**legacy, **data}
+        return super().from_dict(data, base)

@@ -21,7 +21,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from droplab.tasks.sweep import optuna_internals as internals
 from droplab.tasks.sweep.config import SweepConfig
-from droplab.tasks.sweep.space import setting_key
 
 #: user attribute marking a trial that lost the race for a grid point to another worker
 SURPLUS = "surplus"
@@ -107,17 +106,18 @@ def requeue_interrupted(study: optuna.Study, cfg: SweepConfig) -> int:
         return 0
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    taken = {setting_key(t.params) for t in trials if t.params and (
-        counted(t) or t.state in (TrialState.RUNNING, TrialState.WAITING))}
+    key = cfg.space.key
+    taken = {key(t.params) for t in trials if counted(t) or t.state in (TrialState.RUNNING,
+                                                                         TrialState.WAITING)}
     retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
     n = 0
     for t in trials:
-        key = setting_key(t.params)
-        if (t.state != TrialState.FAIL or key is None or t.user_attrs.get(SURPLUS)
-                or t.number in retried or key in taken):
+        k = key(t.params)
+        if (t.state != TrialState.FAIL or k is None or t.user_attrs.get(SURPLUS)
+                or t.number in retried or k in taken):
             continue
         retry(study, t)
-        taken.add(key)
+        taken.add(k)
         n += 1
     return n
 
@@ -128,13 +128,14 @@ def study_state(study: optuna.Study, cfg: SweepConfig) -> dict[str, Any]:
     n_wait = sum(t.state == TrialState.WAITING for t in trials)
     n_run = sum(t.state == TrialState.RUNNING for t in trials)
     if cfg.sampler == "grid":
-        wanted = {setting_key(s) for s in cfg.space.settings()}
-        covered = {setting_key(t.params) for t in trials if counted(t) and t.params}
+        key = cfg.space.key
+        wanted = {key(s) for s in cfg.space.settings()}
+        covered = {key(t.params) for t in trials if counted(t)}
         done = wanted <= covered
         # a grid point not finished, running or queued needs a new trial (GridSampler gives
         # it an unvisited point; a race between workers is caught as surplus in Objective)
-        taken = covered | {setting_key(t.params) for t in trials if t.params and
-                           t.state in (TrialState.RUNNING, TrialState.WAITING)}
+        taken = covered | {key(t.params) for t in trials
+                           if t.state in (TrialState.RUNNING, TrialState.WAITING)}
         need_new = not wanted <= taken
     else:
         n_done = sum(counted(t) for t in trials)

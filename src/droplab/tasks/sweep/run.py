@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from droplab.engine.resume import open_run
 from droplab.errors import InvalidValue, ResumeError, UserError
-from droplab.runs import RunDir, atomic_open, to_jsonable
+from droplab.runs import RunDir, atomic_open, default_run_dir, to_jsonable
 from droplab.tasks.sweep.config import SweepConfig
 from droplab.tasks.sweep.objective import Prepared, refit_and_test
+from droplab.tasks.sweep.pick import choose
 from droplab.tasks.sweep.plots import plot_sweep
 from droplab.tasks.sweep.progress import reap_dead_trials, requeue_interrupted, study_state
 from droplab.tasks.sweep.results import settings_table, trial_records
-from droplab.tasks.sweep.space import setting_key
 from droplab.tasks.sweep.storage import (
-    default_storage,
+    absolute_storage,
+    dashboard_command,
+    default_storage_record,
+    is_run_file,
     make_storage,
     open_study,
     redact,
@@ -38,47 +43,76 @@ from droplab.tasks.sweep.workers import run_workers, threads_per_worker, worker_
 TASK = "sweep"
 
 
-def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume, or join) a sweep; write and return ``summary.json``'s content."""
-    cfg.validate()
-    t_start = time.perf_counter()
-    if cfg.join:
-        return _join(cfg)
-    run_dir = RunDir.create(cfg.base.run.out, TASK, resume=resume)
-    cfg.base.run.out = str(run_dir.path)
-    if resume:
-        stored = run_dir.read_config()
-        if stored.get("task") != TASK:
-            raise ResumeError(f"{run_dir.path} is not a sweep folder; pass the --out of a sweep")
-        record = stored.get("storage")
-        if record and cfg.storage in (None, record):
-            # the storage of the folder being resumed, wherever that folder is now
-            cfg.storage = resolve_storage(record, run_dir.path, (stored.get("base") or {}).get("out"))
-        cfg.study_name = cfg.study_name or stored.get("study_name")
-    url = cfg.storage or default_storage(run_dir.path, cfg.workers)
+def _new_run_storage(cfg: SweepConfig) -> None:
+    """Fix the folder, storage and study name of a new sweep before anything is written."""
+    if not cfg.run.out:
+        cfg.run.out = str(default_run_dir(TASK))
+    out = Path(cfg.run.out)
+    cfg.storage = (storage_record(absolute_storage(cfg.storage), out) if cfg.storage
+                   else default_storage_record(cfg.workers))
+    cfg.study_name = cfg.study_name or f"sweep-{out.name}"
+
+
+def _check_workers(cfg: SweepConfig, url: str) -> None:
     if cfg.workers > 1 and url.startswith("sqlite"):
         raise InvalidValue("--workers N needs storage safe for many processes: omit --storage "
                            "(a journal file in --out is used) or pass a postgresql:// URL")
-    name = cfg.study_name or f"sweep-{run_dir.path.name}"
-    cfg.storage, cfg.study_name = url, name
-    prep = Prepared(cfg)  # fails fast on bad data or folds, before a study exists
-    if not resume:
-        if study_exists(make_storage(url, cfg), name):
-            raise UserError(f"study {name!r} already exists in {redact(url)}; pass --join to add "
-                            "workers, --resume to continue it, or a new --study-name")
-        run_dir.write_config({**to_jsonable(cfg), "storage": storage_record(url, run_dir.path)},
-                             task=TASK)
-    study = open_study(cfg, url, name, create=not resume)
+
+
+def _resumable(cfg: SweepConfig) -> tuple[str, str]:
+    """Check the folder being resumed before anything in it changes: a sweep whose study
+    file (wherever the folder now is) holds an unfinished study of the same search space.
+    Returns the storage URL and the study name."""
+    folder = RunDir.create(cfg.run.out, TASK, resume=True)
+    data = folder.read_config()
+    if data.get("task") != TASK:
+        raise ResumeError(f"{folder.path} holds a {data.get('task')!r} run, not a sweep; pass "
+                          "the --out of a sweep")
+    stored = SweepConfig.from_dict(data)
+    url = resolve_storage(stored.storage or default_storage_record(1), folder.path,
+                          stored.run.out)
+    _check_workers(cfg, url)
+    name = stored.study_name or f"sweep-{folder.path.name}"
+    st = study_state(open_study(stored, url, name, create=False), stored)
+    if st["done"] and folder.read_summary() is not None:
+        raise ResumeError(f"study {name!r} is already finished ({st['trials']} trials); "
+                          "nothing to resume — start a new sweep with another --out")
+    return url, name
+
+
+def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume, or join) a sweep; write and return ``summary.json``'s content.
+
+    Options, data and folds are checked before the run folder is created. ``resume``
+    continues the study of the folder ``cfg.run.out`` names, wherever that folder is now
+    (its study file travels with it); only runtime options may differ from its config.json,
+    and a refused resume changes no file.
+    """
+    t_start = time.perf_counter()
+    if cfg.join:
+        return _join(cfg)
     if resume:
+        url, name = _resumable(cfg)
+        prep = Prepared(cfg)
+        run_dir = open_run(cfg, TASK, resume=True)  # the one resume rule: same options
+        cfg.run.out = str(run_dir.path)
+        study = open_study(cfg, url, name, create=False)
         reap_dead_trials(study)
         requeue_interrupted(study, cfg)
-        st = study_state(study, cfg)
-        if st["done"] and run_dir.read_summary() is not None:
-            raise ResumeError(f"study {name!r} is already finished ({st['trials']} trials); "
-                              "nothing to resume — start a new sweep with another --out")
+    else:
+        _new_run_storage(cfg)
+        assert cfg.storage is not None and cfg.run.out is not None and cfg.study_name
+        url, name = resolve_storage(cfg.storage, Path(cfg.run.out)), cfg.study_name
+        _check_workers(cfg, url)
+        prep = Prepared(cfg)  # fails fast on bad data or folds, before a folder exists
+        if not is_run_file(cfg.storage) and study_exists(make_storage(url, cfg), name):
+            raise UserError(f"study {name!r} already exists in {redact(url)}; pass --join to "
+                            "add workers, --resume to continue it, or a new --study-name")
+        run_dir = open_run(cfg, TASK, resume=False)
+        study = open_study(cfg, url, name, create=True)
     run_workers(cfg, url, name, prep)
     search_s = time.perf_counter() - t_start
-    return _finish(cfg, run_dir, study, prep, search_s, t_start)
+    return _finish(cfg, run_dir, study, url, prep, search_s, t_start)
 
 
 def _join(cfg: SweepConfig) -> dict[str, Any]:
@@ -93,26 +127,37 @@ def _join(cfg: SweepConfig) -> dict[str, Any]:
             "time_s": time.perf_counter() - t0}
 
 
-def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, prep: Prepared,
+def _oracle(cfg: SweepConfig, prep: Prepared, rows: list[dict[str, Any]],
+            pick: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
+    """Every setting refitted and scored on test: how good was the CV pick?"""
+    names = cfg.space.names
+    settings = (cfg.space.settings() if cfg.sampler == "grid"
+                else [{n: r[n] for n in names} for r in rows])
+    oracle = []
+    for s in settings:
+        figs = test if cfg.space.key(s) == cfg.space.key(pick) else refit_and_test(prep, s)
+        oracle.append({**s, **figs})
+    best = max(oracle, key=lambda r: r["test_acc"])
+    return {"settings": oracle, "best": best,
+            "pick_minus_best_test_acc": test["test_acc"] - best["test_acc"]}
+
+
+def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, url: str, prep: Prepared,
             search_s: float, t_start: float) -> dict[str, Any]:
     st = study_state(study, cfg)
     rows = settings_table(study, cfg)
     with atomic_open(run_dir.metrics_path, "w") as fh:
         for rec in trial_records(study):
             fh.write(json.dumps(to_jsonable(rec), allow_nan=True) + "\n")
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        raise UserError("no trial of the sweep completed (all pruned or failed); widen the "
-                        "search space or use --pruner none")
-    best = study.best_trial
-    pick = {"rate": best.params["rate"], "kind": best.params["kind"],
-            "where": best.params["where"], "trial": best.number, "cv_score": best.value}
-    test = refit_and_test(prep, best.params)
+    chosen = choose(rows, cfg)
+    pick = chosen["pick"]
+    test = refit_and_test(prep, {n: pick[n] for n in cfg.space.names})
     summary: dict[str, Any] = {
-        "task": TASK, "study_name": study.study_name, "storage": redact(cfg.storage or ""),
-        "objective": cfg.objective, "direction": cfg.direction, "folds": cfg.folds,
+        "task": TASK, "study_name": study.study_name, "storage": redact(url),
+        "objective": cfg.objective_list[0], "objectives": cfg.objective_list,
+        "direction": cfg.direction, "directions": cfg.directions, "folds": cfg.folds,
         "sampler": cfg.sampler, "pruner": cfg.pruner, "attack": cfg.attack, "eps": cfg.eps,
-        "settings": rows, "pick": pick, "test": test,
+        "settings": rows, **chosen, "test": test,
         "test_acc": test["test_acc"], "test_nll": test["test_nll"], "test_ece": test["test_ece"],
         "test_robust_acc": test["test_robust_acc"],
         "n_trials": st["trials"],
@@ -120,16 +165,11 @@ def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, prep: Prepar
         "n_pruned": sum(r["state"] == "pruned" for r in rows),
         "n_failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
         "complete": bool(st["done"]), "search_time_s": search_s,
+        "dashboard": dashboard_command(url),
     }
     if cfg.oracle:
-        oracle = []
-        for s in cfg.space.settings():
-            figs = test if setting_key(s) == setting_key(best.params) else refit_and_test(prep, s)
-            oracle.append({**s, **figs})
-        best_o = max(oracle, key=lambda r: r["test_acc"])
-        summary["oracle"] = {"settings": oracle, "best": best_o,
-                             "pick_minus_best_test_acc": test["test_acc"] - best_o["test_acc"]}
-    summary["plots"] = plot_sweep(rows, cfg, run_dir.path)
+        summary["oracle"] = _oracle(cfg, prep, rows, pick, test)
+    summary["plots"] = plot_sweep(rows, cfg, run_dir.path, chosen)
     summary["time_s"] = time.perf_counter() - t_start
     summary["run_dir"] = str(run_dir.path)
     run_dir.write_summary(summary)

@@ -68,6 +68,27 @@ def _split_file_url(url: str) -> tuple[str, str, str] | None:
     return None
 
 
+def default_storage_record(workers: int) -> str:
+    """The default study file, as ``config.json`` stores it (relative to the run folder)."""
+    return f"{JOURNAL}study.journal" if workers > 1 else f"{SQLITE}study.db"
+
+
+def is_run_file(record: str) -> bool:
+    """A stored storage URL naming a file inside the run folder (a relative path)."""
+    parts = _split_file_url(record)
+    return parts is not None and not Path(parts[1]).is_absolute()
+
+
+def absolute_storage(url: str) -> str:
+    """A storage URL typed by the user, with a relative file path made absolute (relative
+    to the working directory, as SQLAlchemy reads it)."""
+    parts = _split_file_url(url)
+    if parts is None:
+        return url
+    prefix, path, query = parts
+    return f"{prefix}{Path(path).resolve()}{query}"
+
+
 def storage_record(url: str, run_path: Path) -> str:
     """The storage URL as ``config.json`` stores it: a file inside the run folder relative
     to it, anything else (a shared database, a file elsewhere) unchanged."""
@@ -109,6 +130,14 @@ def resolve_storage(record: str, run_path: Path, stored_out: str | None = None) 
 # ------------------------------------------------------------------------------------------
 # opening storages and studies
 # ------------------------------------------------------------------------------------------
+def dashboard_command(url: str) -> str:
+    """The ``optuna-dashboard`` command line that opens the study's storage (password hidden)."""
+    parts = _split_file_url(url)
+    if parts is not None and parts[0] == JOURNAL:
+        return f"optuna-dashboard --storage-class JournalFileStorage {parts[1]}"
+    return f"optuna-dashboard {redact(url)}"
+
+
 def quiet_optuna() -> None:
     """Optuna's INFO lines and experimental warnings would drown the sweep's own output."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,19 +188,29 @@ def make_storage(url: str, cfg: SweepConfig) -> Any:
 
 
 def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
-    """Seeded: the grid in a fixed shuffled order, or TPE (Bergstra et al. 2011)."""
-    seed = int(cfg.base.run.seed)
+    """Seeded: the grid in a fixed shuffled order, TPE (Bergstra et al. 2011; multivariate,
+    and multi-objective with several objectives), random search, or NSGA-II (Deb et al.
+    2002)."""
+    seed = cfg.seed
     if cfg.sampler == "grid":
         return optuna.samplers.GridSampler(cfg.space.grid(), seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, cfg.target_trials))
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed,
+                                             population_size=max(4, min(50, cfg.target_trials // 2)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, cfg.target_trials),
+                                      multivariate=True)
 
 
 def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
-    """Median stopping (Golovin et al. 2017) or Hyperband (Li et al. 2018) over folds."""
+    """Median stopping (Golovin et al. 2017) or Hyperband (Li et al. 2018); a step is one
+    epoch of one fold (see :mod:`droplab.tasks.sweep.objective`)."""
+    steps = int(cfg.folds) * int(cfg.train.epochs)
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=int(cfg.folds),
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps,
                                               reduction_factor=3)
     return optuna.pruners.NopPruner()
 
@@ -188,8 +227,9 @@ def open_study(cfg: SweepConfig, url: str, name: str, *, create: bool) -> optuna
     if create and not exists:
         study = optuna.create_study(study_name=name, storage=storage,
                                     sampler=make_sampler(cfg), pruner=make_pruner(cfg),
-                                    direction=cfg.direction)
+                                    directions=cfg.directions)
         study.set_user_attr(SPACE_ATTR, record)
+        study.set_metric_names(cfg.objective_list)  # optuna-dashboard labels its axes with them
         return study
     if not exists:
         raise UserError(f"no study {name!r} in {redact(url)}; start it first with droplab sweep "

@@ -1,8 +1,8 @@
-"""droplab.tasks.sweep: search-space parsing, study storage, stale-trial recovery, TPE + pruning."""
+"""droplab.tasks.sweep: the study — storage, joining, stale-trial recovery, progress, TPE +
+pruning by epoch."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import subprocess
@@ -13,26 +13,20 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+<<<<<<< HEAD:tests/test_tune.py
 from droplab.engine.classifier import ClassifyConfig
 from droplab.errors import InvalidValue, UserError
+=======
+from droplab.errors import UserError
+>>>>>>> da208e5 (sweep (issue 20, 15): SweepConfig declared with droplab.config (train sections nested, CLI generated, one resume rule); continuous/log-uniform rates, input/conv rates, schedules; several objectives (Pareto front + knee), one-SE pick and paired tests over folds in summary.json; pruning by epoch inside folds; random/NSGA-II samplers; optuna-dashboard command + loopback test):tests/test_sweep_study.py
 from droplab.tasks import sweep as tune
 
 
-def _cfg(tmp_path: Path, rates: list[float], **kw: object) -> tune.SweepConfig:
-    base = ClassifyConfig.build(dataset="digits", limit=20, model="mlp", epochs=1, device="cpu",
-                          val_fraction=0.0, out=str(tmp_path / "out"))
-    return tune.SweepConfig(base=base, space=tune.SearchSpace(rates), folds=2, threads=1,
-                            attack_samples=20, **kw)  # type: ignore[arg-type]
-
-
-def test_parse_rates_list_and_inclusive_range() -> None:
-    assert tune.parse_rates("0, 0.25,0.5") == [0.0, 0.25, 0.5]
-    assert tune.parse_rates("0:0.5:6") == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    assert tune.parse_rates("0.3:0.3:1") == [0.3]
-    with pytest.raises(InvalidValue, match="outside"):
-        tune.parse_rates("0:1:3")  # ends at 1.0, not a drop probability
-    with pytest.raises(InvalidValue, match="not a number"):
-        tune.parse_rates("0,abc")
+def _cfg(tmp_path: Path, rates: list[float] | str, **kw: object) -> tune.SweepConfig:
+    options: dict[str, object] = dict(dataset="digits", limit=20, model="mlp", epochs=1,
+                                      device="cpu", out=str(tmp_path / "out"), folds=2,
+                                      threads=1, attack_samples=20)
+    return tune.SweepConfig.build(**{**options, "rates": rates, **kw})
 
 
 def test_joining_with_a_different_space_is_refused(tmp_path: Path) -> None:
@@ -44,7 +38,7 @@ def test_joining_with_a_different_space_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"different search space .*\(space\)"):
         tune.open_study(_cfg(tmp_path, [0.0, 0.25]), url, "s", create=False)
     with pytest.raises(UserError, match=r"different search space .*folds"):
-        tune.open_study(dataclasses.replace(_cfg(tmp_path, [0.0, 0.5]), folds=3), url, "s",
+        tune.open_study(_cfg(tmp_path, [0.0, 0.5], folds=3), url, "s",
                         create=False)
     with pytest.raises(UserError, match="no study 'nope'"):
         tune.open_study(a, url, "nope", create=False)
@@ -58,7 +52,7 @@ def test_journal_trials_of_dead_local_workers_are_failed_and_queued_once(tmp_pat
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is gone
     host = socket.gethostname()
-    dist = {"rate": CategoricalDistribution([0.0, 0.5])}
+    dist = {"rate": CategoricalDistribution([0.0, 0.5])}  # a trial still choosing the rest
     for rate, pid in ((0.0, dead.pid), (0.5, os.getpid())):
         study.add_trial(optuna.create_trial(state=TrialState.RUNNING, params={"rate": rate},
                                             distributions=dist,
@@ -88,22 +82,31 @@ def test_study_state_counts_grid_points_not_trials(tmp_path: Path) -> None:
     assert tune.study_state(study, cfg)["done"]
 
 
-def test_tpe_with_median_pruning_reports_fold_scores_as_steps(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, tune.parse_rates("0:0.9:4"), sampler="tpe", n_trials=3,
-               pruner="median")
+def test_tpe_with_median_pruning_reports_every_epoch_of_every_fold_as_a_step(tmp_path: Path) -> None:
+    epochs, folds = 2, 2
+    cfg = _cfg(tmp_path, "0:0.9:4", sampler="tpe", n_trials=3, pruner="median", epochs=epochs)
     summary = tune.run(cfg)
     assert summary["complete"]
-    url = summary["storage"]
+    url = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
     study = optuna.load_study(study_name=summary["study_name"], storage=url)
     counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(counted) >= 3
     for t in counted:
-        folds = t.user_attrs["folds"]
-        # step i holds fold i's accuracy; a pruned trial stops after the fold it was pruned at
-        assert [t.intermediate_values[i] for i in range(len(folds))] == [f["acc"] for f in folds]
-        if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs:
-            assert len(folds) == 2 and t.value == pytest.approx(sum(f["acc"] for f in folds) / 2)
-    assert summary["pick"]["rate"] in cfg.space.rates
+        if "reused_from" in t.user_attrs:
+            continue
+        done = t.user_attrs["folds"]
+        steps = sorted(t.intermediate_values)
+        # steps are consecutive from 0 (fold i, epoch e is step i·E + e); the last epoch of
+        # fold i holds exactly that fold's recorded accuracy
+        assert steps == list(range(len(steps)))
+        for i, f in enumerate(done):
+            assert t.intermediate_values[i * epochs + epochs - 1] == f["acc"]
+        if t.state == TrialState.COMPLETE:
+            assert len(done) == folds and len(steps) == folds * epochs
+            assert t.value == pytest.approx(sum(f["acc"] for f in done) / folds)
+        else:  # pruned: it stopped at its last reported step, before finishing every fold
+            assert len(steps) < folds * epochs or len(done) < folds
+    assert summary["pick"]["rate"] in cfg.space.rate_values
 
 
 def test_storage_files_inside_the_run_folder_are_stored_relative_to_it(tmp_path: Path) -> None:
@@ -135,4 +138,4 @@ def test_a_trial_still_choosing_its_parameters_does_not_break_other_workers(tmp_
                                         distributions={"rate": CategoricalDistribution([0.0, 0.5])}))
     st = tune.study_state(study, cfg)
     assert st["running"] == 1 and st["need_new"] and not st["done"]
-    assert tune.setting_key({"rate": 0.5}) is None
+    assert cfg.space.key({"rate": 0.5}) is None
