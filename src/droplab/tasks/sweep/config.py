@@ -90,7 +90,7 @@ class SweepConfig(Config):
     sampler: str = option("grid", choices=SAMPLERS,
                           help="grid, tpe (Bergstra et al. 2011), random or nsga2 (Deb et al. "
                           "2002); all seeded")
-    n_trials: int | None = option(None, ge=1, flag="--trials",
+    n_trials: int | None = option(None, ge=1, flag="--trials", metavar="N",
                                   help="trials (default: the grid size)")
     pruner: str = option("none", choices=PRUNERS,
                          help="none, median or hyperband; every epoch of every fold is a step")

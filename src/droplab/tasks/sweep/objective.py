@@ -116,12 +116,13 @@ def load_bundle(cfg: SweepConfig) -> D.DatasetBundle:
 
 
 class Prepared:
-    """The dataset, folds and device one worker needs, loaded once."""
+    """The dataset, folds and device one worker needs, loaded once (``bundle``: data already
+    in memory, e.g. a benchmark's training subsets of one decoded dataset)."""
 
-    def __init__(self, cfg: SweepConfig) -> None:
+    def __init__(self, cfg: SweepConfig, bundle: D.DatasetBundle | None = None) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
-        self.bundle = load_bundle(cfg)
+        self.bundle = bundle if bundle is not None else load_bundle(cfg)
         self.folds = D.kfold_splits(self.bundle.train.labels, int(cfg.folds), seed=cfg.seed)
 
 
