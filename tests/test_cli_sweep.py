@@ -178,7 +178,6 @@ def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_origina
     import optuna
     from optuna.trial import TrialState
 
-    from droplab.engine.classifier import ClassifyConfig
     from droplab.tasks import sweep
     from droplab.tasks.sweep import objective
 

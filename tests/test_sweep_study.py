@@ -13,12 +13,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-<<<<<<< HEAD:tests/test_tune.py
-from droplab.engine.classifier import ClassifyConfig
-from droplab.errors import InvalidValue, UserError
-=======
 from droplab.errors import UserError
->>>>>>> da208e5 (sweep (issue 20, 15): SweepConfig declared with droplab.config (train sections nested, CLI generated, one resume rule); continuous/log-uniform rates, input/conv rates, schedules; several objectives (Pareto front + knee), one-SE pick and paired tests over folds in summary.json; pruning by epoch inside folds; random/NSGA-II samplers; optuna-dashboard command + loopback test):tests/test_sweep_study.py
 from droplab.tasks import sweep as tune
 
 
