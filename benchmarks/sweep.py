@@ -32,7 +32,6 @@ from typing import Any
 
 os.environ.setdefault("DROPLAB_PROGRESS", "0")
 
-from droplab.engine.classifier import ClassifyConfig
 from droplab.runs import atomic_write_json
 from droplab.tasks import sweep as tune
 
