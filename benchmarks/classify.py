@@ -222,8 +222,11 @@ def as_command(opts: dict[str, Any], out: str) -> str:
 
 def bench_cifar_fast(args: argparse.Namespace) -> None:
     opts = fast_options(args)
-    name = "cifar-fast" if opts["epochs"] == FAST_EPOCHS and not args.widths else (
-        f"cifar-fast-{'x'.join(map(str, opts['widths']))}-{opts['epochs']}ep")
+    name = "cifar-fast" if (opts["epochs"] == FAST_EPOCHS and not args.widths
+                            and not args.limit_train) else (
+        f"cifar-fast-{'x'.join(map(str, opts['widths']))}-{opts['epochs']}ep"
+        + (f"-{args.limit_train}pc" if args.limit_train else ""))
+    load_start = round(os.getloadavg()[0], 2)
     s = train(name, **opts)
     save(name, {
         "command": as_command(opts, f"benchmarks/runs/{name}"),
@@ -232,8 +235,10 @@ def bench_cifar_fast(args: argparse.Namespace) -> None:
         "images_per_s": s["images_per_s"], "num_params": s["num_params"],
         "cpu_s": time.process_time(),  # CPU time of this process (all threads)
         "target_acc": 0.90, "target_wall_s": 2700.0, "wall_vs_budget": s["wall_s"] / 2700.0,
+        "load_average_1min_at_start": load_start,
         "load_average_1min_at_end": round(os.getloadavg()[0], 2), "note": args.note,
-        "pass": s["test_acc"] >= 0.90 and s["wall_s"] <= 2700.0,
+        "train_images_per_class": args.limit_train, "threads": torch.get_num_threads(),
+        "pass": (s["test_acc"] >= 0.90 and s["wall_s"] <= 2700.0 and not args.limit_train),
     })
 
 
@@ -319,7 +324,8 @@ def bench_cifar_fast_probe(args: argparse.Namespace) -> None:
         }
         print(w, out["x".join(map(str, w))], file=sys.stderr)
     save("cifar-fast-probe", {
-        "command": f"python benchmarks/classify.py cifar-fast-probe --repeats {rounds}",
+        "command": (f"python benchmarks/classify.py cifar-fast-probe --repeats {rounds}"
+                    + (f" --threads {args.threads}" if args.threads else "")),
         "batch_size": bs, "widths": out, "note": args.note,
         "load_average_1min": round(os.getloadavg()[0], 2),
     })
@@ -382,11 +388,14 @@ def bench_throughput(args: argparse.Namespace) -> None:
     ratio = statistics.median(droplab_ips) / statistics.median(hand_ips)
     save("throughput", {
         "command": (f"python benchmarks/classify.py throughput --epochs {epochs} --batch-size "
-                    f"{args.batch_size} --limit {args.limit} --repeats {args.repeats}"),
+                    f"{args.batch_size} --limit {args.limit} --repeats {args.repeats}"
+                    + (f" --threads {args.threads}" if args.threads else "")),
         "dataset": bundle.name, "images": len(bundle.train), "model": model_name,
         "batch_size": args.batch_size, "device": str(device),
         "droplab_images_per_s": droplab_ips, "hand_loop_images_per_s": hand_ips,
         "ratio_droplab_vs_hand": ratio, "target_ratio": 0.95, "pass": ratio >= 0.95,
+        "threads": torch.get_num_threads(), "cpu_s": time.process_time(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2), "note": args.note,
     })
 
 
