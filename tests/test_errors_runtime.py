@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
-from droplab.cli.common import parse_classes, parse_rate
+from droplab.engine.config import parse_classes
 from droplab.errors import InvalidValue, UnknownName, check_rate, unknown_name
 from droplab.runtime import resolve_device, seed_everything
 
@@ -49,9 +47,9 @@ def test_seed_everything_reproduces() -> None:
 
 
 def test_parse_helpers() -> None:
-    assert parse_rate("0.25") == 0.25
-    with pytest.raises(argparse.ArgumentTypeError, match=r"outside \[0, 1\)"):
-        parse_rate("1.5")
+    assert check_rate("0.25", "--dropout") == 0.25
+    with pytest.raises(InvalidValue, match=r"--dropout=1.5 is outside \[0, 1\)"):
+        check_rate("1.5", "--dropout")
     assert parse_classes("0-2,5") == ["0", "1", "2", "5"]
     assert parse_classes("cat, dog") == ["cat", "dog"]
     assert parse_classes(None) is None
