@@ -48,6 +48,7 @@ from droplab.config import Config, option
 from droplab.errors import InvalidValue, WeightsUnavailable, unknown_name
 from droplab.fileio import UnreadableFile, UnsafeFile, read_torch_file, third_party_weights
 from droplab.layers import KINDS, make_dropout
+from droplab.surgery import add_dropconnect, add_dropout
 
 __all__ = [
     "MODELS",
@@ -186,8 +187,6 @@ def _map_drop(cfg: ModelConfig, size: int) -> nn.Module:
 def _wrap_convs(model: nn.Module, cfg: ModelConfig) -> None:
     """DropConnect on every Conv2d (conv placement with ``dropout_kind="dropconnect"``)."""
     if _conv_on(cfg) and cfg.dropout_kind == "dropconnect":
-        from droplab.surgery import add_dropconnect
-
         add_dropconnect(model, cfg.dropout, where=nn.Conv2d)
 
 
@@ -436,8 +435,6 @@ def _tv_model(name: str, in_shape: tuple[int, int, int], num_classes: int,
                                   grey_to_rgb=in_shape[0] == 1 and channels == 3)
     model.input_drop = _flat_drop(cfg, cfg.input_dropout, "input")
     if cfg.dropout > 0:
-        from droplab.surgery import add_dropconnect, add_dropout
-
         if cfg.dropout_kind == "dropconnect":
             add_dropconnect(model, cfg.dropout, where="head")
         else:

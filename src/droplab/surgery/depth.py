@@ -27,6 +27,8 @@ from collections.abc import Callable
 from torch import nn
 
 from droplab.errors import InvalidValue, check_rate, unknown_name
+from droplab.layers import DropPath
+from droplab.surgery.edit import add_dropout
 from droplab.surgery.kinds import get_rate, leaf_kind, set_rate
 
 RULES = ("linear", "uniform")
@@ -78,8 +80,6 @@ def add_stochastic_depth(model: nn.Module, p: float, rule: str = "linear",
     the drop-path layers now driving the branches. See the module docstring for the
     supported architectures; anything else is a one-line error.
     """
-    from droplab.layers import DropPath
-
     p = check_rate(p, "drop-path rate")
     if rule not in RULES:
         raise unknown_name("stochastic-depth rule", rule, RULES)
@@ -120,8 +120,6 @@ def add_stochastic_depth(model: nn.Module, p: float, rule: str = "linear",
 def _drive(owner: nn.Module, attr: str, owner_name: str, rate: float, mode: str,
            drop_path: type[nn.Module]) -> str:
     """Set or insert the drop-path layer at ``owner.attr``; return its dotted name."""
-    from droplab.surgery.edit import add_dropout
-
     prefix = f"{owner_name}.{attr}" if owner_name else attr
     target = getattr(owner, attr)
     if attr == "stochastic_depth":

@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from droplab.errors import InvalidValue, check_rate
+from droplab.layers import KINDS, DropConnectConv2d, DropConnectLinear, make_dropout
 from droplab.surgery.kinds import is_dropout, set_rate
 from droplab.surgery.sources import DropoutInfo, find_dropout
 
@@ -45,8 +46,6 @@ Where = Any  # None | str | type[nn.Module] | Sequence[str | type]
 
 def known_kinds() -> set[str]:
     """Kind names that ``where`` treats as kinds rather than name patterns."""
-    from droplab.layers import KINDS
-
     return set(KINDS) | _EXTRA_KINDS
 
 
@@ -162,8 +161,6 @@ def replace_dropout(model: nn.Module, kind: str, where: Where = None, **kw: Any)
     Layers that own weights (DropConnect, ``ConcreteDropout(layer=…)``), attention dropout
     and gated calls cannot be swapped and are skipped. Returns the number replaced.
     """
-    from droplab.layers import make_dropout
-
     chosen = [d for d in select_dropout(model, where)
               if d.replaceable and d.mechanism == "layer"]
     if not chosen:
@@ -345,7 +342,6 @@ def add_dropout(model: nn.Module, after: Where = "head", kind: str = "dropout",
     ``**kw`` go to ``droplab.layers.make_dropout``. Parameter names are kept (module
     docstring); eval-mode outputs are unchanged.
     """
-    from droplab.layers import make_dropout
 
     p = check_rate(p)
     targets = _select_targets(model, after, "after")
@@ -370,8 +366,6 @@ def add_dropconnect(model: nn.Module, p: float = 0.5, where: Where = "head") -> 
     layers whose parent reads their weights directly (``nn.MultiheadAttention.out_proj``).
     Returns the wrapped names.
     """
-    from droplab.layers import DropConnectConv2d, DropConnectLinear
-
     p = check_rate(p)
     targets = _select_targets(model, where, "where", (nn.Linear, nn.Conv2d))
     for name in targets:

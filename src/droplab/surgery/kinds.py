@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from droplab import functional as DF
+from droplab.layers import DropoutModule
+
 
 # --------------------------------------------------------------------------- layers
 @dataclass(frozen=True)
@@ -99,8 +102,6 @@ def _timm_loaded() -> bool:
 
 def leaf_kind(module: nn.Module) -> LeafKind | None:
     """The :class:`LeafKind` of a stochastic layer, ``None`` for any other module."""
-    from droplab.layers import DropoutModule  # layers imports nothing from surgery
-
     if isinstance(module, DropoutModule):
         return _droplab_kind(module)
     for cls in type(module).__mro__:
@@ -170,8 +171,6 @@ _NOISE = RandomFn((), None, ())
 
 @functools.cache
 def _base_functions() -> dict[Any, RandomFn]:
-    from droplab import functional as DF
-
     drop = "input p training inplace"
     table: dict[Any, RandomFn] = {
         F.dropout: _fn(drop, {"p": "dropout"}, "training", p=0.5, training=True),
