@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from droplab import surgery
+from droplab.config import Config, option
 from droplab.errors import InvalidValue, UserError, WeightsUnavailable
 from droplab.fileio import UnsafeFile, third_party_weights
-from droplab.layers import make_dropout
+from droplab.layers import KINDS, make_dropout
 from droplab.models.classifiers import ModelConfig, build_model
 
 #: ImageNet statistics used with torchvision / timm weights
@@ -176,23 +177,34 @@ class Source:
     description: str
 
 
-@dataclass(frozen=True)
-class TransferSpec:
-    """The architecture options of a finetune run (stored in its ``config.json``)."""
+@dataclass
+class TransferSpec(Config):
+    """The architecture options of a finetune run (stored in its ``config.json``), declared
+    once: ``droplab finetune``'s head section extends this class with the strategy."""
 
-    dropout: float = 0.5
-    dropout_kind: str = "dropout"
-    hidden: int | None = None
-    drop_path: float = 0.0
-    dropblock: float = 0.0
-    freeze_bn: bool = False
-    max_stages: int = 4
-    lr_decay: float = 0.3
+    dropout: float = option(0.5, rate=True, metavar="P", help="head dropout rate")
+    dropout_kind: str = option("dropout", choices=tuple(KINDS), what="dropout kind",
+                               metavar="KIND", help="dropout kind of the head")
+    hidden: int | None = option(None, ge=1, metavar="H", help="hidden width of the head")
+    drop_path: float = option(0.0, rate=True, metavar="P",
+                              help="stochastic depth on the backbone's residual branches, "
+                              "block l of L at P·l/L")
+    dropblock: float = option(0.0, rate=True, metavar="P",
+                              help="add DropBlock after the backbone's convolutions")
+    freeze_bn: bool = option(False, help="keep the backbone's BatchNorm in eval mode")
+    lr_decay: float = option(0.3, gt=0, le=1, metavar="F",
+                             help="learning-rate factor per stage going down (discriminative "
+                             "learning rates)")
+    max_stages: int = option(4, ge=1, help="backbone stages for unfreezing and LR decay")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TransferSpec:
-        """The spec's fields out of a run config (other keys are ignored)."""
-        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+        """The spec's fields out of a flat run config (other keys are ignored)."""
+        return cls(**{f.name: config[f.name] for f in fields(TransferSpec) if f.name in config})
+
+    def spec(self) -> TransferSpec:
+        """Only the architecture fields (drops what a subclass adds)."""
+        return TransferSpec(**{f.name: getattr(self, f.name) for f in fields(TransferSpec)})
 
 
 def feature_dim(model: nn.Module, in_shape: tuple[int, ...]) -> int:

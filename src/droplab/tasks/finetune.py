@@ -34,7 +34,6 @@ from droplab.engine import GradualUnfreezing, fit, predict_proba
 from droplab.engine.config import ClassifyDataConfig, RunConfig, TrainConfig
 from droplab.engine.resume import finished_summary, open_run
 from droplab.errors import InvalidValue
-from droplab.layers import KINDS
 from droplab.models.transfer import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -89,32 +88,12 @@ class FinetuneDataConfig(ClassifyDataConfig):
 
 
 @dataclass
-class HeadConfig(Config):
-    """The strategy and the head (the architecture part is a
-    :class:`~droplab.models.transfer.TransferSpec`)."""
+class HeadConfig(TransferSpec):
+    """The head and the backbone's regularisers (a
+    :class:`~droplab.models.transfer.TransferSpec`, declared there) and the strategy."""
 
     strategy: str = option("gradual", choices=STRATEGIES,
                            help="linear-probe, full, gradual or scratch")
-    dropout: float = option(0.5, rate=True, metavar="P", help="head dropout rate")
-    dropout_kind: str = option("dropout", choices=tuple(KINDS), what="dropout kind",
-                               metavar="KIND", help="dropout kind of the head")
-    hidden: int | None = option(None, ge=1, metavar="H", help="hidden width of the head")
-    drop_path: float = option(0.0, rate=True, metavar="P",
-                              help="stochastic depth on the backbone's residual branches, "
-                              "block l of L at P·l/L")
-    dropblock: float = option(0.0, rate=True, metavar="P",
-                              help="add DropBlock after the backbone's convolutions")
-    freeze_bn: bool = option(False, help="keep the backbone's BatchNorm in eval mode")
-    lr_decay: float = option(0.3, gt=0, le=1, metavar="F",
-                             help="learning-rate factor per stage going down (discriminative "
-                             "learning rates)")
-    max_stages: int = option(4, ge=1, help="backbone stages for unfreezing and LR decay")
-
-    def spec(self) -> TransferSpec:
-        return TransferSpec(dropout=self.dropout, dropout_kind=self.dropout_kind,
-                            hidden=self.hidden, drop_path=self.drop_path,
-                            dropblock=self.dropblock, freeze_bn=self.freeze_bn,
-                            max_stages=self.max_stages, lr_decay=self.lr_decay)
 
 
 @dataclass
