@@ -25,6 +25,8 @@ Writes ``benchmarks/results/active-<dataset>.json`` (``table``) and ``active-sco
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import platform
 import statistics
 import sys
@@ -45,7 +47,7 @@ from droplab.uncertainty import pool_mc_probs
 
 HERE = Path(__file__).resolve().parent
 #: Gal et al. (2017) Table 1: acquired images to reach 10 % / 5 % MNIST test error
-PAPER = {"bald": (145, 335), "variation-ratios": (145, 335), "max-entropy": (165, 355),
+PAPER = {"bald": (145, 335), "variation-ratios": (120, 295), "max-entropy": (165, 355),
          "mean-std": (230, 695), "random": (255, 835)}
 
 
@@ -70,13 +72,27 @@ def gal_build(cfg: active.ActiveConfig, bundle: D.DatasetBundle) -> nn.Module:
     return GalCNN(bundle.num_classes, c, h)
 
 
-def _machine() -> dict[str, Any]:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+def _machine(args: argparse.Namespace, load0: tuple[float, float, float]) -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "loadavg_start": load0,
+            "loadavg_end": os.getloadavg(), "busy": args.busy, "scale": args.scale,
+            "cpu_s": time.process_time()}
+
+
+def _test_subset(bundle: D.DatasetBundle, n: int | None) -> D.DatasetBundle:
+    """The bundle with a stratified ``n``-image subset of its test split (cheaper rounds)."""
+    if n is None or n >= len(bundle.test.labels):
+        return bundle
+    _, idx = D.stratified_split(bundle.test.labels, n / len(bundle.test.labels), 0)
+    return dataclasses.replace(bundle, test=bundle.test.subset(idx))
 
 
 def table(args: argparse.Namespace) -> dict[str, Any]:
-    bundle = D.load_dataset(args.dataset, args.data_root, None, seed=0, download=False)
+    load0 = os.getloadavg()
+    name = args.name or f"active-{args.dataset}"
+    bundle = _test_subset(D.load_dataset(args.dataset, args.data_root, None, seed=0,
+                                         download=False), args.test_subset)
     build: Callable[..., nn.Module] = gal_build if args.model == "gal" else active.default_build
     runs: list[dict[str, Any]] = []
     for fn in args.functions.split(","):
@@ -99,6 +115,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
                          "wall_s": s["wall_s"]})
             print(f"{fn} seed {seed}: {acquired} in {s['wall_s']:.0f} s", file=sys.stderr,
                   flush=True)
+            atomic_write_json(HERE / "results" / f"{name}.partial.json",
+                              {"protocol": vars(args), "runs": runs})
     rows = {}
     max_acq = args.rounds * 10
     for fn in args.functions.split(","):
@@ -113,17 +131,21 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
                           else None,
                           "reached": f"{len(reached)}/{len(vals)} within {max_acq}"}
         rows[fn] = row
-    result = {"protocol": vars(args), "machine": _machine(), "rows": rows, "runs": runs}
-    atomic_write_json(HERE / "results" / f"active-{args.dataset}.json", result)
+    result = {"protocol": vars(args), "test_images": len(bundle.test.labels),
+              "machine": _machine(args, load0), "rows": rows, "runs": runs}
+    atomic_write_json(HERE / "results" / f"{name}.json", result)
+    (HERE / "results" / f"{name}.partial.json").unlink(missing_ok=True)
     return result
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
+def _median_time(fn: Callable[[Any], Any], batches: list[Any], repeats: int) -> float:
+    """Median seconds of ``fn(batches)`` over ``repeats`` runs, after one warm-up run on
+    the first batch only (the uncached loop is too dear to run whole just to warm up)."""
+    fn(batches[:1])
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        fn(batches)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -139,25 +161,32 @@ def scoring(args: argparse.Namespace) -> dict[str, Any]:
     models = {"lenet (dropout before the head)": build_model(
                   ModelConfig(name="lenet", dropout=0.5), bundle.in_shape, bundle.num_classes),
               "Gal et al. CNN (dropout after the convs)": GalCNN(bundle.num_classes, c, h)}
+    keep = args.models.split(",")
+    models = {k: v for k, v in models.items() if k.split()[0].lower() in keep}
+    load0 = os.getloadavg()
     out: dict[str, Any] = {"pool": n, "mc": args.mc, "batch": args.batch,
-                           "machine": _machine(), "models": {}}
+                           "repeats": args.repeats, "models": {}}
     for name, model in models.items():
         model.eval()
 
-        def deterministic(model: nn.Module = model) -> None:
+        def deterministic(bs: list[torch.Tensor], model: nn.Module = model) -> None:
             with torch.no_grad():
-                for x in batches:
+                for x in bs:
                     model(x)
 
-        one = _median_time(deterministic, args.repeats)
-        cached = _median_time(lambda model=model: pool_mc_probs(model, batches, args.mc),
-                              args.repeats)
-        full = _median_time(lambda model=model: pool_mc_probs(model, batches, args.mc,
-                                                              cache_prefix=False), args.repeats)
+        one = _median_time(deterministic, batches, args.repeats)
+        cached = _median_time(lambda bs, model=model: pool_mc_probs(model, bs, args.mc),
+                              batches, args.repeats)
+        full = _median_time(lambda bs, model=model: pool_mc_probs(model, bs, args.mc,
+                                                                  cache_prefix=False),
+                            batches, args.repeats)
         out["models"][name] = {"deterministic_s": one, "cached_s": cached, "uncached_s": full,
                                "cached_ratio": cached / one, "uncached_ratio": full / one}
         print(f"{name}: one pass {one:.2f} s, T={args.mc} cached {cached / one:.2f}×, "
               f"uncached {full / one:.2f}×", file=sys.stderr, flush=True)
+        out["machine"] = _machine(args, load0)
+        atomic_write_json(HERE / "results" / "active-scoring.json", out)
+    out["machine"] = _machine(args, load0)
     atomic_write_json(HERE / "results" / "active-scoring.json", out)
     return out
 
@@ -177,6 +206,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--model", default="gal", help="gal (the paper's CNN) or a droplab model")
+    t.add_argument("--name", default=None,
+                   help="result file name (default active-DATASET): results/NAME.json")
+    t.add_argument("--test-subset", type=int, default=None,
+                   help="score each round on a stratified subset of N test images")
     s = sub.add_parser("scoring", help="pool scoring cost vs one deterministic pass")
     s.add_argument("--dataset", default="mnist")
     s.add_argument("--data-root", default=None)
@@ -184,8 +217,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     s.add_argument("--mc", type=int, default=20)
     s.add_argument("--batch", type=int, default=1000)
     s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--models", default="lenet,gal", help="lenet and/or gal")
+    for p in (t, s):
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--scale", default="full", help="label stored with the result")
+        p.add_argument("--busy", default="", help="note on the machine's load")
     args = ap.parse_args(argv)
-    torch.set_num_threads(int(torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     return table(args) if args.what == "table" else scoring(args)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import sys
 import time
@@ -94,10 +95,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--limit", type=int, default=None, help="training images per class")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--mc", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--scale", default="full",
+                    help="label stored with the result, e.g. 'reduced: 1000 images per class'")
+    ap.add_argument("--busy", default="",
+                    help="note on the machine's load, e.g. 'machine busy (6 helpers)'")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, cpu0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
     inn = D.load_dataset(args.dataset, args.data_root, [str(c) for c in range(8)], seed=0,
                          download=False, limit=args.limit)
     out_set = D.load_dataset(args.dataset, args.data_root, ["8", "9"], seed=0, download=False)
@@ -150,10 +155,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "ood_images": len(p_ood), "options": vars(args),
               "temperature": temp.temperature, "mc_temperature": mc_temp.temperature,
               "rows": rows, "laplace": laplace_note or "fitted",
+              "scale": args.scale,
               "machine": {"cpu": platform.processor() or platform.machine(),
-                          "threads": args.threads, "torch": torch.__version__,
-                          "date": time.strftime("%Y-%m-%d")},
-              "wall_s": time.perf_counter() - t0}
+                          "cores": os.cpu_count(), "threads": args.threads,
+                          "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                          "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+                          "busy": args.busy},
+              "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0}
     atomic_write_json(HERE / "results" / f"uncertainty-{inn.name}.json", result)
     cols = ["acc", "nll", "ece", "adaptive_ece", "brier", "aurc", "ood_auroc", "ood_fpr95",
             "ood_aupr"]
