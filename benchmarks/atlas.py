@@ -49,6 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: model sizes per dataset: (zoo name, widths)
 MODELS: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {
     "mnist": {"small": ("mlp", (256, 256)), "large": ("mlp", (1024, 1024))},
+    "digits": {"small": ("mlp", (128, 128)), "large": ("mlp", (512, 512))},
     "cifar10": {"small": ("convnet", (16, 32, 64)), "large": ("convnet", (32, 64, 128))},
 }
 
@@ -169,12 +170,21 @@ def figures(study: list[dict[str, Any]], out_dir: Path, tag: str) -> list[str]:
     return [str(p) for p in paths]
 
 
+def fractions_of(spec: str, dataset: str) -> list[float]:
+    """``0.01,0.1`` for every dataset, or ``mnist=0.01,0.1;digits=0.1,1`` per dataset."""
+    if "=" not in spec:
+        return [float(f) for f in spec.split(",")]
+    per = dict(part.split("=", 1) for part in spec.split(";") if part.strip())
+    return [float(f) for f in per.get(dataset, "").split(",") if f.strip()]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", default="/work/shared/datasets")
     p.add_argument("--datasets", default="mnist,cifar10")
     p.add_argument("--models", default="small,large")
-    p.add_argument("--fractions", default="0.01,0.1,1")
+    p.add_argument("--fractions", default="0.01,0.1,1",
+                   help="training fractions, or per dataset: 'mnist=0.01,0.1;digits=0.1,1'")
     p.add_argument("--kinds", default="dropout,gaussian")
     p.add_argument("--rates", default="0,0.1,0.2,0.3,0.5,0.7")
     p.add_argument("--seeds", default="0,1,2")
@@ -184,6 +194,11 @@ def main() -> int:
     p.add_argument("--min-epochs", type=int, default=10)
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--tag", default=None,
+                   help="suffix of the result files (default: '-small' with --small, else none)")
+    p.add_argument("--note", default=None,
+                   help="free text for the results (e.g. reduced scale, machine busy)")
     p.add_argument("--small", action="store_true",
                    help="MNIST only, small mlp, fractions 0.01/0.1, rates 0/0.25/0.5, 1 seed, "
                    "600 steps: a smoke study for a busy machine")
@@ -192,21 +207,24 @@ def main() -> int:
         args.datasets, args.models, args.fractions = "mnist", "small", "0.01,0.1"
         args.kinds, args.rates, args.seeds = "dropout", "0,0.25,0.5", "0"
         args.steps, args.min_epochs, args.max_epochs = 600, 5, 60
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    t0 = time.perf_counter()
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    t0, c0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()
     study = []
     for dataset in args.datasets.split(","):
         full = load_dataset(dataset, args.root, download=False)
         for size in args.models.split(","):
-            for fraction in (float(f) for f in args.fractions.split(",")):
+            for fraction in fractions_of(args.fractions, dataset):
                 for kind in args.kinds.split(","):
                     cells = [one_cell(full, dataset, size, fraction, kind, int(s), args)
                              for s in args.seeds.split(",")]
                     study.append({"dataset": dataset, "model": size, "fraction": fraction,
                                   "kind": kind, **summarise(cells), "cells": cells})
-    tag = "-small" if args.small else ""
+    tag = args.tag if args.tag is not None else ("-small" if args.small else "")
     result = {"setup": {k: v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),
-              "time_s": time.perf_counter() - t0, "study": study,
+              "command": " ".join(["python", *sys.argv]),
+              "load_avg_at_start": load0, "load_avg_at_end": os.getloadavg(),
+              "time_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+              "study": study,
               "all_met": all(s["met"] for s in study),
               "plots": figures(study, RESULTS, tag)}
     out = RESULTS / f"atlas{tag}.json"

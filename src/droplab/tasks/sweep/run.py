@@ -88,7 +88,7 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
     (its study file travels with it); only runtime options may differ from its config.json,
     and a refused resume changes no file.
     """
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     if cfg.join:
         return _join(cfg)
     if resume:
@@ -111,8 +111,8 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         run_dir = open_run(cfg, TASK, resume=False)
         study = open_study(cfg, url, name, create=True)
     run_workers(cfg, url, name, prep)
-    search_s = time.perf_counter() - t_start
-    return _finish(cfg, run_dir, study, url, prep, search_s, t_start)
+    search_s, search_cpu_s = time.perf_counter() - t_start, time.process_time() - c_start
+    return _finish(cfg, run_dir, study, url, prep, search_s, t_start, search_cpu_s)
 
 
 def _join(cfg: SweepConfig) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def _oracle(cfg: SweepConfig, prep: Prepared, rows: list[dict[str, Any]],
 
 
 def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, url: str, prep: Prepared,
-            search_s: float, t_start: float) -> dict[str, Any]:
+            search_s: float, t_start: float, search_cpu_s: float) -> dict[str, Any]:
     st = study_state(study, cfg)
     rows = settings_table(study, cfg)
     with atomic_open(run_dir.metrics_path, "w") as fh:
@@ -165,6 +165,8 @@ def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, url: str, pr
         "n_pruned": sum(r["state"] == "pruned" for r in rows),
         "n_failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
         "complete": bool(st["done"]), "search_time_s": search_s,
+        # this process's CPU time (worker processes of --workers N not counted)
+        "search_cpu_s": search_cpu_s,
         "dashboard": dashboard_command(url),
     }
     if cfg.oracle:
