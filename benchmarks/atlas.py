@@ -37,6 +37,7 @@ os.environ.setdefault("DROPLAB_PROGRESS", "0")
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from droplab.data import DatasetBundle, ImageData, channel_stats, kfold_splits, load_dataset
 from droplab.plots import save_figure
@@ -135,7 +136,7 @@ def figures(study: list[dict[str, Any]], out_dir: Path, tag: str) -> list[str]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for s in study:
         groups.setdefault((s["dataset"], s["model"], s["kind"]), []).append(s)
-    fig = Figure(figsize=(6.0, 4.0))
+    fig = Figure(figsize=(8.5, 4.0), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for (dataset, size, kind), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["n_train"])
@@ -145,14 +146,16 @@ def figures(study: list[dict[str, Any]], out_dir: Path, tag: str) -> list[str]:
         ax.plot(xs, [statistics.fmean(r["cv_picks"]) for r in rows], "x--", color=line.get_color(),
                 label=f"{dataset} {size} {kind}: CV pick (mean)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
     ax.set_xlabel("training images")
     ax.set_ylabel("best dropout rate p")
+    ax.set_title("oracle-best rate (o) and CV pick (x, mean over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     paths = [out_dir / f"atlas_best_rate{tag}.png"]
     save_figure(fig, paths[0])
 
-    fig = Figure(figsize=(12.0, 3.6 * len(groups)))
+    fig = Figure(figsize=(12.0, 3.6 * len(groups)), layout="constrained")
     for g, ((dataset, size, kind), rows) in enumerate(groups.items()):
         for k, (key, label) in enumerate((("test_acc", "test accuracy"), ("test_nll", "test NLL"),
                                           ("test_ece", "test ECE"))):
@@ -202,7 +205,14 @@ def main() -> int:
     p.add_argument("--small", action="store_true",
                    help="MNIST only, small mlp, fractions 0.01/0.1, rates 0/0.25/0.5, 1 seed, "
                    "600 steps: a smoke study for a busy machine")
+    p.add_argument("--replot", metavar="JSON", default=None,
+                   help="redraw the figures of a results file (no training)")
     args = p.parse_args()
+    if args.replot:
+        src = Path(args.replot)
+        tag = src.stem.removeprefix("atlas")
+        print("\n".join(figures(json.loads(src.read_text())["study"], src.parent, tag)))
+        return 0
     if args.small:
         args.datasets, args.models, args.fractions = "mnist", "small", "0.01,0.1"
         args.kinds, args.rates, args.seeds = "dropout", "0,0.25,0.5", "0"

@@ -75,6 +75,8 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="digits, 2 folds, 1 epoch: a smoke run")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the pick/pruning studies (default: every core)")
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband"),
+                   help="the pruner of the pruning measurement")
     p.add_argument("--note", default=None,
                    help="free text for the results (e.g. reduced scale, machine busy)")
     p.add_argument("--parts", default="pick,pruning,workers",
@@ -125,7 +127,8 @@ def main() -> int:
                 "pareto": full.get("pareto"), "one_se": full["one_se"],
             }
         if "pruning" in parts:
-            pruned = _sweep(args, tmp, "grid-median", rates, pruner="median", threads=threads)
+            pruned = _sweep(args, tmp, f"grid-{args.pruner}", rates, pruner=args.pruner,
+                            threads=threads)
             ratio = pruned["search_time_s"] / full["search_time_s"]
             # CPU time of the (single, 1-process) search: on a busy machine the fairer ratio
             cpu_ratio = pruned["search_cpu_s"] / full["search_cpu_s"]
@@ -136,7 +139,7 @@ def main() -> int:
                 "pruned_search_cpu_s": pruned["search_cpu_s"], "cpu_ratio": cpu_ratio,
                 "full_pick": full["pick"]["rate"], "pruned_pick": pruned["pick"]["rate"],
                 "same_pick": same, "n_pruned": pruned["n_pruned"], "n_trials": pruned["n_trials"],
-                "steps": "every epoch of every fold", "target": "<= 0.5 with the same pick",
+                "pruner": args.pruner, "steps": "every epoch of every fold", "target": "<= 0.5 with the same pick",
                 "met": ratio <= 0.5 and same, "met_cpu": cpu_ratio <= 0.5 and same,
             }
         if "workers" in parts:
