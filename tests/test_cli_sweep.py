@@ -48,7 +48,7 @@ def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
     assert summary["pick"]["rate"] == best["rate"] and summary["pick"]["rule"] == "best"
     assert summary["best"]["rate"] == best["rate"]
     assert 0 <= summary["test_acc"] <= 1
-    assert 0 < summary["search_cpu_s"] and 0 < summary["search_time_s"] <= summary["time_s"]
+    assert summary["search_cpu_s"] > 0 and 0 < summary["search_time_s"] <= summary["time_s"]
     # the one-standard-error rule, recomputed from the per-fold accuracies it reports
     folds = {r["rate"]: r["per_fold"]["acc"] for r in summary["settings"]}
     assert all(len(v) == 3 for v in folds.values())
