@@ -258,7 +258,7 @@ DROPOUT_VARIANTS: dict[str, dict[str, Any]] = {
 def bench_cifar_fast_dropout(args: argparse.Namespace) -> None:
     """Every variant × ``--seeds`` seeds at one budget; mean and spread of test accuracy."""
     rows: dict[str, dict[str, Any]] = {}
-    t0 = time.perf_counter()
+    t0, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     rate = args.rate
     for variant, over in DROPOUT_VARIANTS.items():
         accs, nlls, eces, walls = [], [], [], []
@@ -280,14 +280,18 @@ def bench_cifar_fast_dropout(args: argparse.Namespace) -> None:
             "options": {k: v for k, v in {"dropout": rate, **over}.items()},
         }
     base = fast_options(args, dropout=rate)
-    save("cifar-fast-dropout", {
+    key = "cifar-fast-dropout" + (
+        f"-{base['epochs']}ep" + (f"-{args.limit_train}pc" if args.limit_train else "")
+        if (args.limit_train or base["epochs"] != FAST_EPOCHS) else "")
+    save(key, {
         "command": (f"python benchmarks/classify.py cifar-fast-dropout --seeds {args.seeds} "
                     f"--rate {rate} --epochs {base['epochs']} --widths "
                     f"{','.join(map(str, base['widths']))}"
                     + (f" --limit-train {args.limit_train}" if args.limit_train else "")),
         "recipe": as_command(base, "RUN"), "seeds": args.seeds, "rate": rate,
         "variants": rows, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time(),
-        "note": args.note,
+        "note": args.note, "threads": torch.get_num_threads(),
+        "train_images_per_class": args.limit_train, "load_average_1min_at_start": load_start,
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     })
 
