@@ -211,3 +211,24 @@ def test_results_get_umask_permissions_not_mkstemps_0600(tmp_path: Path) -> None
               f"atomic_write_json({str(tmp_path / 's.json')!r}, {{'a': 1}})\n")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env=_env())
     assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_atomic_writes_follow_the_umask_of_now_like_open(tmp_path: Path, umask: int) -> None:
+    """Set after droplab was imported (a report published by a group-writable umask):
+    the page gets what ``open()`` would give it, and so do bytes and torch files."""
+    from droplab.fileio import atomic_torch_save, atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "s.json", {"a": 1})
+        atomic_write_bytes(tmp_path / "page.html", b"<html></html>")
+        atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "checkpoint.pt")
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    want = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert want == 0o666 & ~umask
+    for name in ("s.json", "page.html", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == want, name

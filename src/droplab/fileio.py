@@ -37,9 +37,22 @@ import torch
 
 from droplab.errors import UserError
 
-#: the process umask, read once (os.umask can only be read by setting it)
+#: the process umask at import (os.umask can only be read by setting it); see _umask()
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def _umask() -> int:
+    """The umask now, as ``open()`` would apply it: read from ``/proc/self/status`` where
+    Linux has it (no set-and-restore race between threads), else the value at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK
 
 
 class DiskWriteError(UserError, OSError):
@@ -97,7 +110,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with suppress(OSError):  # mkstemp makes 0600; results get the usual permissions
-            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fchmod(fd, 0o666 & ~_umask())
     except OSError as exc:
         raise DiskWriteError(
             f"could not write {path}: {exc.strerror or exc}; choose another location"
