@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from droplab.cli import main
+from droplab.runs import load_checkpoint
 
 TIMING = ("time_s", "images_per_s")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DROPLAB_PROGRESS": "0"}
@@ -151,7 +152,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest
     err = capsys.readouterr().err.strip()
     assert err.startswith("droplab train: error: could not write") and "\n" not in err
     assert "No space left on device" in err and "intact" in err
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["epoch"] == 1 and not ck["finished"]
 
 
@@ -179,7 +180,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path: Path) -> None:
         _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()[-1000:]
     assert not (cut / "summary.json").exists()
-    assert 2 <= torch.load(cut / "checkpoint.pt", weights_only=False)["epoch"] < 4
+    assert 2 <= load_checkpoint(cut / "checkpoint.pt")["epoch"] < 4
 
     res = subprocess.run([sys.executable, "-m", "droplab", "train", "--out", str(cut),
                           "--resume", "--json"], env=ENV, capture_output=True, text=True,

@@ -12,6 +12,7 @@ from torch import nn
 
 from droplab.cli import main
 from droplab.errors import InvalidValue, UserError, WeightsUnavailable
+from droplab.runs import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +224,7 @@ def test_tv_finetune_run_reloads_without_weights(hub_dir: Path, tmp_path: Path,
                   "--val-fraction", "0", capsys=capsys)
     (hub_dir / "checkpoints").rename(hub_dir / "gone")  # reloading must not need the cache
     loaded = load_run(out)
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert loaded.classes == s["classes"]

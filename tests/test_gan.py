@@ -14,6 +14,7 @@ from droplab.engine import TrainingDiverged
 from droplab.errors import InvalidValue, ResumeError, UnknownName
 from droplab.layers import DropoutModule
 from droplab.models import gan as nets
+from droplab.runs import load_checkpoint
 from droplab.tasks.gan import GanConfig, run
 
 
@@ -190,7 +191,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(
     msg = str(info.value)
     assert "\n" not in msg
     assert "epoch 2" in msg and "d_loss=nan" in msg and "last good checkpoint (epoch 1)" in msg
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["g"].values() if v.is_floating_point())
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
@@ -210,8 +211,8 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, loss: str) -> None:
     run(_tiny(tmp_path / "split", epochs=1, **opts))
     resumed = run(_tiny(tmp_path / "split", epochs=2, **opts), resume=True)
     assert resumed["d_loss"] == full["d_loss"] and resumed["g_loss"] == full["g_loss"]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
     for part in ("g", "d", "g_ema"):
         for k, v in a[part].items():
             assert torch.equal(v, b[part][k]), (part, k)
