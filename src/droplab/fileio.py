@@ -208,6 +208,9 @@ def read_torch_file(
     foreign file is a one-line :class:`UnreadableFile` ending in ``advice``.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise UnreadableFile(f"{what} {path} cannot be read (it is {kind}); {advice}")
     try:
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -221,8 +224,10 @@ def read_torch_file(
                 "Use files only from people you trust"
             ) from None
         reason = _first_line(exc)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
-        reason = _first_line(exc)
+    except MemoryError:
+        raise
+    except Exception as exc:  # any other failure of a corrupt file's unpickling
+        reason = _first_line(exc)  # (IndexError, TypeError … from a garbled pickle stream)
     raise UnreadableFile(f"{what} {path} cannot be read ({reason}); {advice}")
 
 

@@ -152,14 +152,18 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 2**63 else f"{x:g}"
+
+
 def _bounds(meta: Option) -> str:
     low = (meta.ge, "[") if meta.ge is not None else (meta.gt, "(") if meta.gt is not None else None
     high = (meta.le, "]") if meta.le is not None else (meta.lt, ")") if meta.lt is not None else None
     if low and high:
-        return f"in {low[1]}{low[0]:g}, {high[0]:g}{high[1]}"
+        return f"in {low[1]}{_num(low[0])}, {_num(high[0])}{high[1]}"
     if low:
         if low[1] == "(":
-            return "positive" if low[0] == 0 else f"> {low[0]:g}"
-        return f"at least {low[0]:g}" if low[0] != 0 else ">= 0"
+            return "positive" if low[0] == 0 else f"> {_num(low[0])}"
+        return f"at least {_num(low[0])}" if low[0] != 0 else ">= 0"
     assert high is not None
-    return f"{'at most' if high[1] == ']' else '<'} {high[0]:g}"
+    return f"{'at most' if high[1] == ']' else '<'} {_num(high[0])}"

@@ -34,6 +34,13 @@ FLIPS = ("auto", *FLIP_MODES, "none")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.01}
 
+#: largest ``--seed``: NumPy and scikit-learn take seeds below 2**32 (sweeps add offsets)
+MAX_SEED = 2**31 - 1
+#: largest ``--image-size`` (a whole dataset is resized in memory)
+MAX_IMAGE_SIZE = 4096
+#: most classes a ``--classes`` range may name
+MAX_CLASS_RANGE = 100_000
+
 
 def parse_classes(text: str | None) -> list[str] | None:
     """``0-4`` or ``0,2,5`` or ``cat,dog`` → list of class tokens (indices kept as str)."""
@@ -46,6 +53,9 @@ def parse_classes(text: str | None) -> list[str] | None:
             a, b = (int(s) for s in part.split("-", 1))
             if b < a:
                 raise InvalidValue(f"--classes range {part!r} is reversed; write {b}-{a}")
+            if b - a >= MAX_CLASS_RANGE:
+                raise InvalidValue(f"--classes range {part!r} names more classes than any "
+                                   "dataset has; name the classes of your dataset (e.g. 0-9)")
             out.extend(str(i) for i in range(a, b + 1))
         elif part:
             out.append(part)
@@ -72,7 +82,8 @@ class DataConfig(Config):
                                    help="dataset folder (default $DROPLAB_DATA or ~/.cache/droplab/data)")
     classes: list[str] | None = option(None, parse=parse_classes, metavar="LIST",
                                        help="subset of classes: 0-4, 0,2,5 or cat,dog")
-    image_size: int | None = option(None, ge=1, metavar="SIZE", help="resize images to SIZE×SIZE")
+    image_size: int | None = option(None, ge=1, le=MAX_IMAGE_SIZE, metavar="SIZE",
+                                    help="resize images to SIZE×SIZE")
     limit: int | None = option(None, ge=1, metavar="N",
                                help="at most N images per class (quick runs)")
     download: bool = option(True, runtime=True,
@@ -181,7 +192,7 @@ class TrainConfig(Config):
 class RunConfig(Config):
     """Seed, device and run folder: the part every command shares."""
 
-    seed: int = option(0, help="random seed")
+    seed: int = option(0, ge=0, le=MAX_SEED, help="random seed")
     device: str = option("auto", parse=parse_device, runtime=True, metavar="DEVICE",
                          help="auto, cpu, cuda[:N] or mps (auto: CUDA when present)")
     out: str | None = option(None, runtime=True, metavar="DIR",

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 
 from droplab.config import Config, differences, leaves
-from droplab.errors import ResumeError
+from droplab.errors import ResumeError, UserError
 from droplab.runs import RunDir
 
 C = TypeVar("C", bound=Config)
@@ -39,7 +39,16 @@ def stored_config(cls: type[C], out: str, task: str) -> C:
     run = RunDir.create(out, task, resume=True)
     stored = run.read_config()
     _check_task(stored, task, run)
-    return cls.from_dict(stored)
+    return _stored_as(cls, stored, run)
+
+
+def _stored_as(cls: type[C], stored: dict[str, Any], run: RunDir) -> C:
+    """``stored`` as a ``cls``; a value the user never typed is blamed on the file."""
+    try:
+        return cls.from_dict(stored)
+    except UserError as exc:
+        raise ResumeError(f"{run.config_path} does not hold a valid config ({exc}); restore "
+                          "it from a copy of the run or start a new --out folder") from None
 
 
 def open_run(cfg: Config, task: str, *, resume: bool, out: str = "run.out",
@@ -58,7 +67,7 @@ def open_run(cfg: Config, task: str, *, resume: bool, out: str = "run.out",
         return run
     stored_dict = run.read_config()
     _check_task(stored_dict, task, run)
-    stored = type(cfg).from_dict(stored_dict)
+    stored = _stored_as(type(cfg), stored_dict, run)
     diff = [p for p in differences(stored, cfg) if p != out]
     if diff:
         verb = "differs" if len(diff) == 1 else "differ"
@@ -66,7 +75,7 @@ def open_run(cfg: Config, task: str, *, resume: bool, out: str = "run.out",
                           "from its config.json; resume with the same options "
                           f"(only {_runtime_flags(cfg)} may change) or start a new --out folder")
     changed = [p for p in differences(stored, cfg, include_runtime=True) if p != out]
-    _set(cfg, out, stored.get(out) or str(run.path))
+    _set(cfg, out, str(run.path))  # the folder named, wherever the run was created
     done = finished is not None and finished_summary(run, *finished) is not None
     if changed and not done:  # e.g. a longer GAN run: the folder records what it now holds
         run.write_config(cfg, task=task)
@@ -79,6 +88,8 @@ def finished_summary(run: RunDir, key: str, target: int) -> dict[str, Any] | Non
     (no summary yet, or a longer run was asked for)."""
     summary = run.read_summary()
     if summary is not None and summary.get(key) == target:
+        if "run_dir" in summary:  # where the run is now (a copied or moved folder)
+            summary["run_dir"] = str(run.path)
         return summary
     return None
 

@@ -50,7 +50,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from droplab.errors import InvalidValue, WeightsUnavailable
 from droplab.fileio import third_party_weights
-from droplab.runs.restore import load_run
+from droplab.runs.restore import CLASSIFIER_TASKS, load_run
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -274,7 +274,7 @@ class ClassifierFeatures:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: torch.device | str = "cpu") -> ClassifierFeatures:
         """Load with :func:`droplab.runs.restore.load_run` (one-line error if it is not a run)."""
-        loaded = load_run(run_dir, device=str(device))
+        loaded = load_run(run_dir, device=str(device), tasks=CLASSIFIER_TASKS)
         return cls(loaded.model, tuple(loaded.in_shape), tuple(loaded.mean), tuple(loaded.std),
                    list(loaded.classes), device)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from droplab import data as D
 from droplab.errors import InvalidValue
 from droplab.fileio import atomic_write_bytes, atomic_write_json
-from droplab.runs.restore import LoadedRun, load_run
+from droplab.runs.restore import CLASSIFIER_TASKS, LoadedRun, load_run
 from droplab.uncertainty import (
     Member,
     Temperature,
@@ -114,7 +114,7 @@ def ood_metrics(scores_in: Tensor, scores_out: Tensor, name: str) -> dict[str, f
 def ensemble_members(paths: Sequence[str | Path], device: str | torch.device,
                      first: LoadedRun) -> list[LoadedRun]:
     """Reload the other members' runs; all must share ``first``'s classes and input shape."""
-    runs = [load_run(p, device) for p in paths]
+    runs = [load_run(p, device, tasks=CLASSIFIER_TASKS) for p in paths]
     check_members([Member(str(r.run_dir), tuple(r.classes), tuple(r.in_shape))
                    for r in [first, *runs]])
     return runs

@@ -72,6 +72,43 @@ def check_folder_path(path: Path) -> None:
             return
 
 
+class RunFileError(UserError, ValueError):
+    """A ``config.json``/``summary.json`` that is not a readable JSON object."""
+
+
+#: largest JSON file of a run folder read (config and summary are a few KB)
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (``None`` when there is no such file), read so that a
+    hostile file cannot hang or crash the reader: only regular files (a FIFO would block,
+    ``/dev/zero`` never ends), at most :data:`MAX_JSON_BYTES`, nesting errors caught."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    advice = "restore it from a copy of the run"
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise RunFileError(f"{path} is {kind}; {advice}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise RunFileError(f"{path} cannot be read ({exc.strerror}); {advice}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise RunFileError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MB, not a droplab "
+                           f"file; {advice}")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RunFileError(f"{path} is not valid JSON; {advice}") from None
+    except RecursionError:
+        raise RunFileError(f"{path} is nested too deeply to be a droplab file; {advice}") from None
+    if not isinstance(obj, dict):
+        raise RunFileError(f"{path} holds no JSON object; {advice}")
+    return obj
+
+
 #: new runs started by this process: (run, folder made here, names it held before)
 _NEW_RUNS: list[tuple[RunDir, bool, frozenset[str]]] = []
 
@@ -242,15 +279,20 @@ class RunDir:
         atomic_write_json(self.config_path, data)
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads(self.config_path.read_text())
+        """The stored config; a one-line :class:`RunFileError` when it is not a readable
+        JSON object (garbage, cut short, a folder, a FIFO or device, too large)."""
+        config = read_json_file(self.config_path)
+        if config is None:
+            raise DataNotFound(f"{self.path} is not a droplab run folder (no {CONFIG})")
+        return config
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.summary_path, summary)
 
     def read_summary(self) -> dict[str, Any] | None:
-        if not self.summary_path.exists():
-            return None
-        return json.loads(self.summary_path.read_text())
+        """The final figures, ``None`` before the run finished; :class:`RunFileError` when
+        the file is there but not a readable JSON object."""
+        return read_json_file(self.summary_path)
 
     # -- metrics --------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:

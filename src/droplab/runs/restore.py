@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,14 +75,27 @@ class LoadedRun:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the trained model of ``run_dir`` in eval mode on ``device``."""
+#: the tasks whose runs hold a classifier (evaluate, finetune --from, feature extractors)
+CLASSIFIER_TASKS = ("train", "finetune")
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
+             tasks: Sequence[str] | None = None) -> LoadedRun:
+    """Rebuild the trained model of ``run_dir`` in eval mode on ``device``.
+
+    ``tasks``: the run kinds the caller can use (e.g. :data:`CLASSIFIER_TASKS`); another
+    kind is a one-line error before its checkpoint is read.
+    """
     run = RunDir.open(run_dir)
     config = _read_config(run)
     task = config.get("task")
     if task is not None and task not in _RESTORERS:
         raise UserError(f"{run.path} is a {task!r} run, which has no trained model to load; "
                         f"pass a {', '.join(TASKS[:-1])} or {TASKS[-1]} run folder")
+    if tasks is not None and task is not None and task not in tasks:
+        wanted = " or ".join(f"`droplab {t}`" for t in tasks)
+        raise UserError(f"{run.path} is a {task!r} run, not one this command can use; pass "
+                        f"the folder of a {wanted} run")
     dev = resolve_device(device)
     ckpt = run.load_checkpoint(map_location="cpu", advice=MODEL_ADVICE)
     if ckpt is None:
@@ -96,6 +109,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         raise UserError(f"{run.path} does not say which task wrote it (no \"task\" in "
                         f"{run.config_path.name}); pass a {', '.join(TASKS[:-1])} or "
                         f"{TASKS[-1]} run folder")
+    if tasks is not None and task not in tasks:  # an old folder, told apart by its checkpoint
+        raise UserError(f"{run.path} holds a {task!r} model, not one this command can use")
     loaded = restore(run, config, ckpt)
     for net in (loaded.model, *loaded.nets.values()):
         net.to(dev).eval()
@@ -234,7 +249,7 @@ def _read_config(run: RunDir) -> dict[str, Any]:
 def _read_summary(run: RunDir) -> dict[str, Any] | None:
     try:
         summary = run.read_summary()
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+    except (UserError, json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None  # the model loads without its figures
     return summary if isinstance(summary, dict) else None
 
@@ -294,4 +309,4 @@ def _holds_tensors(value: Any) -> bool:
     return False
 
 
-__all__ = ["TASKS", "LoadedRun", "finetune_net", "load_run", "load_style_net"]
+__all__ = ["CLASSIFIER_TASKS", "TASKS", "LoadedRun", "finetune_net", "load_run", "load_style_net"]

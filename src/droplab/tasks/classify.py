@@ -32,11 +32,11 @@ from droplab.config import Config, option
 from droplab.engine import Callback, predict_proba
 from droplab.engine.classifier import TASK, ClassifyConfig, train_classifier
 from droplab.engine.config import ClassifyDataConfig, RunConfig, parse_device
-from droplab.errors import InvalidValue
+from droplab.errors import InvalidValue, UserError
 from droplab.evaluate import selective as S
 from droplab.models.tta import TTA_MODES, with_tta
 from droplab.runs import RunDir, atomic_write_bytes, atomic_write_json
-from droplab.runs.restore import load_run
+from droplab.runs.restore import CLASSIFIER_TASKS, load_run
 from droplab.runtime import resolve_device
 from droplab.uncertainty import (
     brier_score,
@@ -157,12 +157,17 @@ def evaluate_run(
     """
     if int(mc) < 0:
         raise InvalidValue(f"--mc must be a number of passes >= 0, got {mc}")
-    loaded = load_run(run_dir, device)
+    loaded = load_run(run_dir, device, tasks=CLASSIFIER_TASKS)
     device = resolve_device(device)
-    data = ClassifyDataConfig.from_section(loaded.config, "data")
+    try:
+        data = ClassifyDataConfig.from_section(loaded.config, "data")
+        run_seed = RunConfig.from_section(loaded.config, "run").seed
+    except UserError as exc:  # a value nobody typed: the stored file is wrong
+        raise UserError(f"{RunDir(loaded.run_dir).config_path} does not hold a valid config "
+                        f"({exc}); restore it from a copy of the run") from None
     root = data_root if data_root is not None else data.data_root
     bundle = D.load_dataset(data.dataset, root, data.classes, image_size=data.image_size,
-                            seed=RunConfig.from_section(loaded.config, "run").seed,
+                            seed=run_seed,
                             download=data.download,
                             limit=limit if limit is not None else data.limit)
     kw = dict(batch_size=batch_size, shuffle=False, mean=loaded.mean, std=loaded.std, device=device)

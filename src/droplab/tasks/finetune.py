@@ -44,7 +44,7 @@ from droplab.models.transfer import (
     backbone_source,
     feature_dim,
 )
-from droplab.runs.restore import load_run
+from droplab.runs.restore import CLASSIFIER_TASKS, load_run
 from droplab.runtime import resolve_device, seed_everything
 from droplab.uncertainty import expected_calibration_error, negative_log_likelihood
 
@@ -132,7 +132,7 @@ def load_source(cfg: FinetuneConfig, pretrained: bool = True) -> Source:
     """Build the pretrained (or, with ``pretrained=False``, freshly initialised) source."""
     src = cfg.source
     if src.from_run:
-        loaded = load_run(src.from_run, device="cpu")
+        loaded = load_run(src.from_run, device="cpu", tasks=CLASSIFIER_TASKS)
         model = loaded.model
         if not pretrained:
             model = copy.deepcopy(model)

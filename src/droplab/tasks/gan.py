@@ -184,11 +184,11 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
     t, ev, seed = cfg.train, cfg.eval, cfg.run.seed
     device = resolve_device(cfg.run.device)
     inception = extractor = None
-    if ev.eval_samples and not cfg.toy:  # fail fast, before any training
+    if not cfg.toy:  # fail fast, before any training (a given extractor even when unused)
         if ev.feature_extractor:
             extractor = feature_extractor(cfg, ClassifierFeatures.from_run(ev.feature_extractor,
                                                                            device))
-        if ev.inception:
+        if ev.inception and ev.eval_samples:
             inception = InceptionFeatures(device)
     data = load_gan_data(cfg.data, seed)
     if data.n_train < t.batch_size:

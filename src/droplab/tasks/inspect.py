@@ -66,6 +66,10 @@ def _kwargs(text: str) -> dict[str, Any]:
     return out
 
 
+#: the largest example input inspect builds (one forward pass of a batch of it)
+MAX_CHANNELS, MAX_SIDE = 64, 4096
+
+
 def _size(text: str) -> tuple[int, ...] | None:
     if not text:
         return None
@@ -75,6 +79,9 @@ def _size(text: str) -> tuple[int, ...] | None:
         size = ()
     if len(size) != 3 or min(size) < 1:
         raise InvalidValue(f"--input-size wants CxHxW (e.g. 3x224x224), got {text!r}")
+    if size[0] > MAX_CHANNELS or max(size[1:]) > MAX_SIDE:
+        raise InvalidValue(f"--input-size {text} is larger than inspect runs (at most "
+                           f"{MAX_CHANNELS} channels and {MAX_SIDE} px a side)")
     return size
 
 

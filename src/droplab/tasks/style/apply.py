@@ -39,7 +39,7 @@ class StyleApplyConfig(Config):
                         help="a style-train run folder or its checkpoint.pt")
     inputs: list[str] = option(factory=list, positional=True, nargs="*", metavar="IMG|DIR",
                                help="image files or folders to stylise")
-    size: int | None = option(None, ge=16, help="resize so the longer side is this")
+    size: int | None = option(None, ge=16, le=8192, help="resize so the longer side is this")
     samples: int = option(1, ge=1, metavar="K",
                           help="K > 1 keeps dropout on and writes K variations per image")
     onnx: str | None = option(None, metavar="PATH", help="also export the network to ONNX")
@@ -71,6 +71,8 @@ def run_style_apply(cfg: StyleApplyConfig) -> dict[str, Any]:
     if not cfg.inputs:
         return summary
     paths = list_images(cfg.inputs)
+    for p in paths:  # every input readable before anything is written (no half-made folder)
+        load_image(p, max_pixels=cfg.max_pixels)
     run = RunDir.create(cfg.run.out, "style-apply", resumable=False)  # refuses another run
     run.write_config(cfg, task="style-apply")
     out = run.path

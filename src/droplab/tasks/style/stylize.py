@@ -58,8 +58,8 @@ class StylizeConfig(Config):
                                metavar="IMG[:WEIGHT]",
                                help="one or more style images, optionally weighted (mixed by "
                                "weight)")
-    size: int = option(256, ge=16, help="longer side of the output")
-    style_scale: float = option(1.0, gt=0, metavar="S",
+    size: int = option(256, ge=16, le=8192, help="longer side of the output")
+    style_scale: float = option(1.0, gt=0, le=16, metavar="S",
                                 help="style image size relative to --size")
     steps: int = option(300, ge=1, help="iterations per pyramid level")
     optimizer: str = option("adam", choices=OPTIMIZERS, help="adam or lbfgs")

@@ -67,8 +67,8 @@ class StyleTrainConfig(Config):
                               help="one or more style images, optionally weighted")
     content_dir: str = option("", required=True, runtime=True, metavar="DIR",
                               help="a folder of content images")
-    image_size: int = option(256, ge=16, help="training crop size")
-    style_size: int | None = option(None, ge=1, help="style image size (default: the crop size)")
+    image_size: int = option(256, ge=16, le=8192, help="training crop size")
+    style_size: int | None = option(None, ge=1, le=8192, help="style image size (default: the crop size)")
     batch_size: int = option(4, ge=1, help="batch size")
     steps: int = option(2000, ge=1, runtime=True, help="optimiser steps")
     lr: float = option(1e-3, gt=0, help="Adam learning rate")
@@ -114,11 +114,14 @@ def load_content_folder(folder: str | Path, size: int, max_images: int | None = 
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))
         crops.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+    shown = f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}"
+    if not crops:  # one line: the error says what was skipped
+        found = f" ({len(bad)} unreadable: {shown})" if bad else ""
+        raise DataNotFound(f"--content-dir {root} holds no readable images{found}; pass a "
+                           "folder of PNG or JPEG images")
     if bad:
-        print(f"droplab: note: skipped {len(bad)} unreadable image(s) in {root}: "
-              f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}", file=sys.stderr)
-    if not crops:
-        raise DataNotFound(f"--content-dir {root} holds no readable images")
+        print(f"droplab: note: skipped {len(bad)} unreadable image(s) in {root}: {shown}",
+              file=sys.stderr)
     return torch.stack(crops)
 
 

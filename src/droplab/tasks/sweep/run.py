@@ -109,7 +109,14 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
             raise UserError(f"study {name!r} already exists in {redact(url)}; pass --join to "
                             "add workers, --resume to continue it, or a new --study-name")
         run_dir = open_run(cfg, TASK, resume=False)
-        study = open_study(cfg, url, name, create=True)
+        before = {p.name for p in run_dir.path.iterdir()}
+        try:
+            study = open_study(cfg, url, name, create=True)
+        except UserError:  # (a full disk): no half-made study file blocks the next start
+            for p in run_dir.path.iterdir():
+                if p.name not in before and p.is_file():
+                    p.unlink(missing_ok=True)
+            raise
     run_workers(cfg, url, name, prep)
     search_s, search_cpu_s = time.perf_counter() - t_start, time.process_time() - c_start
     return _finish(cfg, run_dir, study, url, prep, search_s, t_start, search_cpu_s)

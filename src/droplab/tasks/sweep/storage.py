@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
 from droplab.errors import InvalidValue, UserError
+from droplab.fileio import DiskWriteError
 from droplab.runs import to_jsonable
 from droplab.tasks.sweep.config import SweepConfig
 
@@ -181,6 +182,10 @@ def make_storage(url: str, cfg: SweepConfig) -> Any:
     except Exception as exc:  # sqlalchemy OperationalError, ArgumentError, missing driver …
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         first = reason[0] if reason else exc.__class__.__name__
+        if "disk is full" in first or "No space left" in first:
+            raise DiskWriteError(f"cannot write study storage {redact(url)}: no space left on "
+                                 "the device; free some space or choose another --out or "
+                                 "--storage") from None
         raise UserError(
             f"cannot reach study storage {redact(url)} ({first}); start the database or fix "
             "--storage"
