@@ -98,6 +98,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--width", type=int, default=None, help="default 32 (ring/grid 128)")
     p.add_argument("--eval-samples", type=int, default=None,
                    help="samples for FID & co. (default 2000; ring/grid 2500 as in PacGAN)")
+    p.add_argument("--mode-samples", type=int, default=None,
+                   help="samples for the mode count (default: stacked-mnist 26,000 as in "
+                   "VEEGAN/PacGAN, else --eval-samples); the real-data row uses as many")
+    p.add_argument("--note", default="", help="recorded in the JSON (e.g. 'machine busy')")
     p.add_argument("--classifier", default=None, metavar="RUN",
                    help="an MNIST `droplab train` run (default: train a LeNet into OUT/classifier)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one process each)")
@@ -149,6 +153,7 @@ def gan_options(args: argparse.Namespace, name: str, seed: int, clf: str | None,
     return {"dataset": args.dataset, "data_root": args.data_root, "limit": args.limit,
             "width": args.width, "batch_size": args.batch_size,
             "epochs": args.epochs * n_critic, "eval_samples": args.eval_samples,
+            "mode_samples": args.mode_samples,
             "feature_extractor": clf, "seed": seed, "device": "cpu",
             "out": str(out / f"{name}-s{seed}"), **opts}
 
@@ -160,7 +165,12 @@ def _one(job: tuple[dict[str, Any], int]) -> dict[str, Any]:
     if (folder / "summary.json").exists():
         return json.loads((folder / "summary.json").read_text())
     cfg = GanConfig.build(**opts)
-    return run(cfg, resume=(folder / "config.json").exists())
+    cpu0 = time.process_time()
+    summary = run(cfg, resume=(folder / "config.json").exists())
+    summary["cpu_s"] = time.process_time() - cpu0  # this process's CPU seconds (1 thread)
+    summary["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    atomic_write_json(folder / "summary.json", summary)
+    return summary
 
 
 def real_reference(args: argparse.Namespace, clf: str | None) -> dict[str, Any]:
@@ -177,9 +187,11 @@ def real_reference(args: argparse.Namespace, clf: str | None) -> dict[str, Any]:
     fx = StackedFeatures(fx) if stacked else fx
     fake_like = data.real("train", n, seed=4)
     s = gan_scores(data.real("test", n, seed=3), fake_like, fx, mode_min_count=1 if stacked else None)
-    if stacked:  # modes over 26,000 training images, as for the generators
-        s.update(mode_coverage(fx.modes(data.real("train", STACKED_MODE_SAMPLES, seed=5)),
+    if stacked:  # modes over as many training images as the generators' mode samples
+        n_modes = args.mode_samples or STACKED_MODE_SAMPLES
+        s.update(mode_coverage(fx.modes(data.real("train", n_modes, seed=5)),
                                fx.num_classes, min_count=1))
+        s["mode_samples"] = n_modes
     return s
 
 
@@ -224,6 +236,7 @@ def main() -> None:
     out = Path(args.out)
     toy = args.dataset in TOY_DATASETS
     t0 = time.perf_counter()
+    load_start = [round(v, 2) for v in os.getloadavg()]
     clf = _classifier(args, out)
     jobs = [(gan_options(args, name, seed, clf, out), args.threads)
             for seed in args.seeds for name in args.configs]
@@ -237,7 +250,7 @@ def main() -> None:
         results = map(_one, jobs)
     for (name, seed), s in zip(names, results, strict=True):
         rec = {"config": name, "seed": seed, **{k: s.get(k) for k in keys},
-               "run_dir": s["run_dir"]}
+               "cpu_s": s.get("cpu_s"), "run_dir": s["run_dir"]}
         runs.append(rec)
         print(f"{name} seed {seed}: " + "  ".join(
             f"{k} {rec[k]:.4g}" for k in keys if isinstance(rec[k], int | float)), file=sys.stderr)
@@ -270,6 +283,10 @@ def main() -> None:
         "classifier_test_acc": clf_acc, "table": table, "best": best["config"], "runs": runs,
         "real_reference": {k: v for k, v in ref.items() if not isinstance(v, list)},
         "wall_s": time.perf_counter() - t0, "torch_threads": args.threads,
+        "cpu_s_runs": sum(r.get("cpu_s") or 0.0 for r in runs),
+        "load_average_at_start": load_start,
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note,
     })
     print(f"wrote {args.results}", file=sys.stderr)
 
