@@ -74,6 +74,8 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                     {"diffaugment": "color,translation,cutout"}),
     "spectral-norm": ("spectral norm in D", {"spectral_norm": True}),
     "wgan-gp": ("WGAN-GP, 5 critic steps per G step", {"loss": "wgan-gp"}),
+    "wgan-gp-1": ("WGAN-GP, 1 critic step per G step (about the others' compute)",
+                  {"loss": "wgan-gp", "n_critic": 1}),
     "minibatch-std": ("minibatch std feature in D", {"minibatch_std": True}),
     "dropout-gan": ("Dropout-GAN: 3 Ds, feedback dropout 0.5",
                     {"discriminators": 3, "d_feedback_dropout": 0.5}),
@@ -149,7 +151,7 @@ def gan_options(args: argparse.Namespace, name: str, seed: int, clf: str | None,
                 out: Path) -> dict[str, Any]:
     """The flat ``droplab gan`` options of one configuration and seed (equal G steps)."""
     opts = dict(CONFIGS[name][1])
-    n_critic = 5 if opts.get("loss") == "wgan-gp" else 1
+    n_critic = opts.get("n_critic", 5 if opts.get("loss") == "wgan-gp" else 1)
     return {"dataset": args.dataset, "data_root": args.data_root, "limit": args.limit,
             "width": args.width, "batch_size": args.batch_size,
             "epochs": args.epochs * n_critic, "eval_samples": args.eval_samples,
@@ -180,7 +182,8 @@ def real_reference(args: argparse.Namespace, clf: str | None) -> dict[str, Any]:
     n = args.eval_samples
     if data.mixture is not None:
         real = data.real("test", n, seed=3)
-        return point_scores(real, data.real("train", n, seed=4), data.mixture)
+        pts = point_scores(real, data.real("train", n, seed=4), data.mixture)
+        return {**pts, "modes": pts["modes_hit"]}
     assert clf is not None
     fx: Any = ClassifierFeatures.from_run(clf)
     stacked = args.dataset == "stacked-mnist"
@@ -192,7 +195,22 @@ def real_reference(args: argparse.Namespace, clf: str | None) -> dict[str, Any]:
         s.update(mode_coverage(fx.modes(data.real("train", n_modes, seed=5)),
                                fx.num_classes, min_count=1))
         s["mode_samples"] = n_modes
+    s["modes"] = s.get("modes_covered")
     return s
+
+
+def _cached_reference(args: argparse.Namespace, clf: str | None, out: Path) -> dict[str, Any]:
+    """:func:`real_reference`, stored in ``OUT/real-reference.json`` for the same scale."""
+    key = {"dataset": args.dataset, "limit": args.limit, "eval_samples": args.eval_samples,
+           "mode_samples": args.mode_samples, "classifier": clf}
+    path = out / "real-reference.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["scores"]
+    ref = real_reference(args, clf)
+    atomic_write_json(path, {"key": key, "scores": ref})
+    return ref
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -250,13 +268,15 @@ def main() -> None:
         results = map(_one, jobs)
     for (name, seed), s in zip(names, results, strict=True):
         rec = {"config": name, "seed": seed, **{k: s.get(k) for k in keys},
-               "cpu_s": s.get("cpu_s"), "run_dir": s["run_dir"]}
+               "cpu_s": s.get("cpu_s"),
+               "load_average_1min_at_end": s.get("load_average_1min_at_end"),
+               "run_dir": s["run_dir"]}
         runs.append(rec)
         print(f"{name} seed {seed}: " + "  ".join(
             f"{k} {rec[k]:.4g}" for k in keys if isinstance(rec[k], int | float)), file=sys.stderr)
     if args.jobs > 1:
         pool.shutdown()
-    ref = real_reference(args, clf)
+    ref = _cached_reference(args, clf, out)
     table = [{"config": "real data", "what": "held-out real data scored as samples", "seeds": 1,
               **{k: {"mean": float(ref[k]), "std": 0.0} for k in keys if k in ref}}]
     for name in args.configs:
