@@ -39,7 +39,7 @@ from droplab.config import flatten
 from droplab.errors import DataNotFound, UserError
 from droplab.models import ModelConfig, build_model
 from droplab.models import gan as gan_nets
-from droplab.models.style import TransformerNet
+from droplab.models.style import AdaINNet, TransformerNet, build_style_net
 from droplab.models.transfer import (
     FinetuneNet,
     Source,
@@ -120,7 +120,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *,
 
 
 def load_style_net(model: str | Path, device: str | torch.device = "cpu"
-                   ) -> tuple[TransformerNet, dict[str, Any]]:
+                   ) -> tuple[TransformerNet | AdaINNet, dict[str, Any]]:
     """A ``style-train`` network from its run folder or its ``checkpoint.pt`` file alone.
 
     Returns the network (eval mode) and the checkpoint.
@@ -285,13 +285,13 @@ def _load_weights(run: RunDir, model: nn.Module, ckpt: dict[str, Any], key: str)
                         f"its config.json describes ({first}); {MODEL_ADVICE}") from None
 
 
-def _style_net(path: Path, state: dict[str, Any]) -> TransformerNet:
+def _style_net(path: Path, state: dict[str, Any]) -> TransformerNet | AdaINNet:
     net_config = state.get("net_config")
     if not isinstance(net_config, dict) or not isinstance(state.get("model"), dict):
         raise UserError(f"{path} is not a style-train checkpoint (no net_config); pass a "
                         "style-train run folder or its checkpoint.pt")
     try:
-        net = TransformerNet(**net_config)
+        net = build_style_net(net_config)
         net.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError, UserError) as exc:
         raise UserError(f"{path} is not a readable style-train checkpoint "

@@ -14,6 +14,7 @@ from droplab.config import Config, option
 from droplab.errors import InvalidValue
 from droplab.models.style import (
     ENCODERS,
+    OFFLINE_DEFAULT,
     Encoder,
     build_encoder,
     gram,
@@ -59,12 +60,14 @@ class EncoderConfig(Config):
     """The loss network (:func:`droplab.models.style.build_encoder`)."""
 
     encoder: str = option("auto", choices=ENCODERS, what="encoder",
-                          help="auto (vgg19 when its ImageNet weights can be had, else the "
-                          "random-weight encoder), vgg19 or random")
+                          help="auto (vgg19 when its ImageNet weights can be had, else "
+                          f"{OFFLINE_DEFAULT}), vgg19, cifar (the CIFAR-10 encoder droplab "
+                          "trained; ships with it), random (seeded random weights) or bank "
+                          "(a multi-scale random filter bank)")
     encoder_weights: str | None = option(None, runtime=True, metavar="PATH",
                                          help="a torchvision vgg19 state-dict file (else the "
                                          "torch hub cache)")
-    n_random: int = option(1, ge=1, help="random encoders in the ensemble")
+    n_random: int = option(1, ge=1, help="random: encoders in the ensemble")
     softmax: float | None = option(None, gt=0, metavar="T",
                                    help="SWAG softmax smoothing of activations at temperature "
                                    "T (Wang et al. 2021; default off)")

@@ -1,38 +1,53 @@
-"""``droplab style-train``: Johnson et al. 2016, "Perceptual losses for real-time style
-transfer" — train a :class:`~droplab.models.style.TransformerNet` (optionally with spatial
-dropout) on a folder of content images; checkpointed and resumable with the engine's
-shared pieces (RNG capture, progress, the one resume rule, the NaN guard)."""
+"""``droplab style-train``: train a feed-forward style network, checkpointed and resumable
+with the engine's shared pieces (RNG capture, progress, the one resume rule, NaN guard).
+
+- one style (or a weighted mix): Johnson et al. 2016, "Perceptual losses for real-time
+  style transfer" — a :class:`~droplab.models.style.TransformerNet` of any size
+  (``--net johnson|fast``, ``--width``, ``--n-residual``, ``--separable``, ``--padding``)
+  learns to reproduce the Gram statistics of the style under the loss encoder;
+- ``--arbitrary``: Huang & Belongie 2017, "Arbitrary style transfer in real-time with
+  adaptive instance normalization" — an :class:`~droplab.models.style.AdaINNet` decoder
+  learns, over ``--content-dir`` × ``--style-dir``, to invert the encoder's features after
+  AdaIN: content loss against the AdaIN target ``t``, style loss on the channel means and
+  standard deviations of every encoder stage (eq. 11–13 of the paper).
+
+Both take optional spatial dropout (``--dropout``, ``--dropout-where``; the AdaIN decoder
+has it after every stage).
+"""
 
 from __future__ import annotations
 
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
+from torch import nn
 
 from droplab.config import Config, option, section
-from droplab.data.images import (
-    list_images,
-    load_image,
-    read_image,
-    save_image,
-)
+from droplab.data.images import read_image, save_image
 from droplab.engine.config import RunConfig
 from droplab.engine.resume import finished_summary, open_run, resume_point
 from droplab.engine.state import Progress, capture_rng, check_finite, restore_rng
-from droplab.errors import DataNotFound, ImageReadError
+from droplab.errors import InvalidValue
 from droplab.models.style import (
     DROPOUT_PLACES,
+    PADDINGS,
+    PRESETS,
+    AdaINNet,
+    Encoder,
+    TrainedEncoder,
     TransformerNet,
+    adain,
     content_loss,
+    mean_std,
+    moment_loss,
+    net_options,
     style_loss,
     tv_loss,
 )
+from droplab.runs import RunDir
 from droplab.runtime import progress as bar
 from droplab.runtime import resolve_device, seed_everything
 from droplab.tasks.style.common import (
@@ -42,37 +57,59 @@ from droplab.tasks.style.common import (
     parse_styles,
     style_targets,
 )
+from droplab.tasks.style.data import crop_short_side, load_folder, random_crops
 
 TASK = "style-train"
 
 
 @dataclass
 class StyleNetConfig(Config):
-    """The transformer network (:class:`~droplab.models.style.TransformerNet`)."""
+    """The network: a :class:`~droplab.models.style.TransformerNet` (its size) or, with
+    ``--arbitrary``, an :class:`~droplab.models.style.AdaINNet` (``--depth``)."""
 
-    width: int = option(32, ge=1, help="channels of the first layer")
-    n_residual: int = option(5, ge=0, help="residual blocks")
+    size: str = option("johnson", flag="--net", choices=tuple(PRESETS), what="network size",
+                       help="johnson (Johnson et al.'s width-32 net) or fast (width 16, "
+                       "depthwise-separable, zero padding: the CPU net)")
+    width: int | None = option(None, ge=1, help="channels of the first layer (default: "
+                               "the --net size's)")
+    n_residual: int | None = option(None, ge=0, help="residual blocks (default: the --net "
+                                    "size's)")
+    separable: bool | None = option(None, help="depthwise-separable 3×3 convolutions "
+                                    "(default: the --net size's)")
+    padding: str | None = option(None, choices=PADDINGS, what="padding",
+                                 help="reflect or zeros (default: the --net size's)")
     dropout: float = option(0.0, rate=True, metavar="P",
                             help="spatial dropout rate p (drop probability)")
     dropout_where: str = option("residual", choices=DROPOUT_PLACES, what="dropout placement",
-                                help="residual, decoder or all")
+                                help="residual, decoder or all (--arbitrary: always the "
+                                "decoder)")
+    depth: int = option(3, ge=1, le=4, help="--arbitrary: encoder stages read (AdaIN at "
+                        "the last one)")
 
 
 @dataclass
 class StyleTrainConfig(Config):
-    """Options of ``droplab style-train`` (Johnson et al. 2016). ``--steps`` may grow on
-    ``--resume``; so may the logging and checkpoint cadence and the content folder's path."""
+    """Options of ``droplab style-train``. ``--steps`` may grow on ``--resume``; so may the
+    logging and checkpoint cadence and the image folders' paths."""
 
-    style: list[str] = option(factory=list, nargs="+", required=True, metavar="IMG[:WEIGHT]",
-                              help="one or more style images, optionally weighted")
+    style: list[str] = option(factory=list, nargs="+", metavar="IMG[:WEIGHT]",
+                              help="one or more style images, optionally weighted (not with "
+                              "--arbitrary)")
     content_dir: str = option("", required=True, runtime=True, metavar="DIR",
                               help="a folder of content images")
+    arbitrary: bool = option(False, help="train one network for any style image (AdaIN, "
+                             "Huang & Belongie 2017) over --content-dir × --style-dir")
+    style_dir: str | None = option(None, runtime=True, metavar="DIR",
+                                   help="--arbitrary: a folder of style images")
     image_size: int = option(256, ge=16, le=8192, help="training crop size")
-    style_size: int | None = option(None, ge=1, le=8192, help="style image size (default: the crop size)")
+    style_size: int | None = option(None, ge=16, le=8192, help="style image size (default: the crop "
+                                    "size; --arbitrary: styles are stored at 1.5× it and "
+                                    "cropped)")
     batch_size: int = option(4, ge=1, help="batch size")
     steps: int = option(2000, ge=1, runtime=True, help="optimiser steps")
     lr: float = option(1e-3, gt=0, help="Adam learning rate")
-    max_images: int | None = option(None, ge=1, metavar="N", help="use the first N images only")
+    max_images: int | None = option(None, ge=1, metavar="N", help="use the first N images "
+                                    "of each folder only")
     checkpoint_every: int = option(100, ge=1, runtime=True, metavar="STEPS",
                                    help="checkpoint every STEPS steps")
     log_every: int = option(10, ge=1, runtime=True, metavar="STEPS",
@@ -84,54 +121,92 @@ class StyleTrainConfig(Config):
     run: RunConfig = section(RunConfig, title="run")
 
     def validate(self) -> None:
-        parse_styles(self.style)
+        if self.arbitrary:
+            if self.style:
+                raise InvalidValue("--style names the style of a one-style network; with "
+                                   "--arbitrary give a folder of styles: --style-dir DIR")
+            if not self.style_dir:
+                raise InvalidValue("--arbitrary needs --style-dir DIR (a folder of style "
+                                   "images)")
+            if self.encoder.encoder not in ("auto", "cifar"):
+                raise InvalidValue(f"--arbitrary runs on the trained cifar encoder, not "
+                                   f"--encoder {self.encoder.encoder}; drop --encoder")
+            if self.net.depth > 4:
+                raise InvalidValue("--depth must be at most 4")
+        else:
+            if not self.style:
+                raise InvalidValue("give --style IMG[:WEIGHT] (or --arbitrary --style-dir "
+                                   "DIR for a network that takes any style)")
+            if self.style_dir:
+                raise InvalidValue("--style-dir is for --arbitrary; a one-style network "
+                                   "takes --style IMG[:WEIGHT]")
+            parse_styles(self.style)
 
 
-def load_content_folder(folder: str | Path, size: int, max_images: int | None = None
-                        ) -> torch.Tensor:
-    """Every readable image in ``folder`` as uint8 (N, 3, size, size) centre crops.
-
-    Unreadable files are skipped with one note; a folder with no readable image is an error.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataNotFound(f"--content-dir {root} is not a folder of images")
-    paths = list_images(root)
-    if max_images:
-        paths = paths[:max_images]
-    crops, bad = [], []
-    for p in paths:
-        try:
-            img = load_image(p)
-        except (ImageReadError, DataNotFound):
-            bad.append(p.name)
-            continue
-        w, h = img.size
-        s = size / min(w, h)
-        img = img.resize((max(size, round(w * s)), max(size, round(h * s))),
-                         Image.Resampling.BILINEAR)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        crops.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-    shown = f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}"
-    if not crops:  # one line: the error says what was skipped
-        found = f" ({len(bad)} unreadable: {shown})" if bad else ""
-        raise DataNotFound(f"--content-dir {root} holds no readable images{found}; pass a "
-                           "folder of PNG or JPEG images")
-    if bad:
-        print(f"droplab: note: skipped {len(bad)} unreadable image(s) in {root}: {shown}",
-              file=sys.stderr)
-    return torch.stack(crops)
+def transformer_from_config(n: StyleNetConfig) -> TransformerNet:
+    opts = net_options(n.size, width=n.width, n_residual=n.n_residual, separable=n.separable,
+                       padding=n.padding)
+    return TransformerNet(dropout=n.dropout, dropout_where=n.dropout_where, **opts)
 
 
-def _net_from_config(cfg: StyleTrainConfig) -> TransformerNet:
-    n = cfg.net
-    return TransformerNet(n.width, n.n_residual, n.dropout, n.dropout_where)
+LossFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Preview = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _feedforward(cfg: StyleTrainConfig, encoder: Encoder, device: torch.device
+                 ) -> tuple[nn.Module, LossFn, Preview, dict[str, Any]]:
+    """Johnson et al.: Gram statistics of the (mixed) style under the loss encoder."""
+    specs = parse_styles(cfg.style)
+    style_size = cfg.style_size or cfg.image_size
+    styles = [read_image(p, style_size).to(device) for p, _ in specs]
+    grams = style_targets(encoder, styles, [w for _, w in specs])
+    net = transformer_from_config(cfg.net).to(device)
+
+    def losses(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = net(x)
+        with torch.no_grad():
+            target = encoder(x)
+        feats = encoder(y)
+        return {"content": content_loss(feats, {k: target[k] for k in encoder.content_layers},
+                                        encoder.content_layers).mean(),
+                "style": style_loss(feats, grams, encoder.style_layers).mean(),
+                "tv": tv_loss(y).mean()}
+
+    return net, losses, net, {"styles": len(styles)}
+
+
+def _arbitrary(cfg: StyleTrainConfig, encoder: Encoder, device: torch.device,
+               gen: torch.Generator) -> tuple[nn.Module, LossFn, Preview, dict[str, Any]]:
+    """Huang & Belongie: invert the encoder after AdaIN; moments of every stage."""
+    if not isinstance(encoder, TrainedEncoder):  # validate() keeps VGG / random out
+        raise InvalidValue("--arbitrary needs the cifar encoder")
+    style_size = cfg.style_size or round(1.5 * cfg.image_size)
+    styles = load_folder(cfg.style_dir or "", max(style_size, cfg.image_size),
+                         cfg.max_images, flag="--style-dir")
+    net = AdaINNet.from_encoder(encoder, cfg.net.depth, dropout=cfg.net.dropout).to(device)
+
+    def losses(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = random_crops(styles, x.shape[0], cfg.image_size, gen).to(device)
+        with torch.no_grad():
+            fc, fs = net.encode(x), net.encode(s)
+            t = adain(fc[-1], *mean_std(fs[-1]))
+        y = net.decode(t)
+        fy = net.encode(y)
+        targets = {f"relu{i + 1}": mean_std(f) for i, f in enumerate(fs)}
+        return {"content": content_loss({"t": fy[-1]}, {"t": t}).mean(),
+                "style": moment_loss({f"relu{i + 1}": f for i, f in enumerate(fy)},
+                                     targets).mean(),
+                "tv": tv_loss(y).mean()}
+
+    def preview(x: torch.Tensor) -> torch.Tensor:  # the first style image on x
+        return net(x, styles[0][None].float().div(255).to(device))
+
+    return net, losses, preview, {"styles": len(styles), "arbitrary": True,
+                                  "depth": cfg.net.depth}
 
 
 def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Train a feed-forward style network; checkpoints every ``checkpoint_every`` steps.
+    """Train a style network; checkpoints every ``checkpoint_every`` steps.
 
     ``resume`` follows :mod:`droplab.engine.resume` (``--steps`` may grow); a run that
     already finished its steps returns its summary and changes no file.
@@ -143,15 +218,14 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
     if done is not None:
         return done
     gen = seed_everything(cfg.run.seed)
-    data = load_content_folder(cfg.content_dir, cfg.image_size, cfg.max_images)
-    specs = parse_styles(cfg.style)
-    style_size = cfg.style_size or cfg.image_size
-    styles = [read_image(p, style_size).to(device) for p, _ in specs]
+    data = load_folder(cfg.content_dir, crop_short_side(cfg.image_size), cfg.max_images)
     encoder, reason = make_encoder(cfg.encoder, cfg.run.seed)
     encoder = encoder.to(device)
-    grams = style_targets(encoder, styles, [w for _, w in specs])
-    net = _net_from_config(cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    if cfg.arbitrary:
+        net, losses, preview, info = _arbitrary(cfg, encoder, device, gen)
+    else:
+        net, losses, preview, info = _feedforward(cfg, encoder, device)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     progress = Progress()
     ckpt = resume_point(run, device) if resume else None
     if ckpt is not None:
@@ -160,44 +234,33 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
         gen.set_state(ckpt["generator"])
         restore_rng(ckpt["rng"] if "rng" in ckpt else {"torch": ckpt["torch_rng"]})  # 0.1
         progress.load_state_dict(ckpt)
+    _loop(cfg, run, net, losses, opt, gen, data, progress, device,
+          extra={"net_config": net.config, "encoder": encoder.describe()})
+    return _finish(cfg, run, net, preview, data, progress, device,
+                   {"encoder": encoder.describe(), "encoder_reason": reason, **info})
 
-    def checkpoint() -> None:
-        run.save_checkpoint({
-            "model": net.state_dict(), "optimizer": opt.state_dict(),
-            **progress.state_dict(), "generator": gen.get_state(),
-            "rng": capture_rng(device), "net_config": net.config,
-            "encoder": encoder.describe(),
-        })
 
+def _loop(cfg: StyleTrainConfig, run: RunDir, net: nn.Module, losses: LossFn,
+          opt: torch.optim.Optimizer, gen: torch.Generator, data: list[torch.Tensor],
+          progress: Progress, device: torch.device, extra: dict[str, Any]) -> None:
     w = cfg.loss
     net.train()
     t0 = time.perf_counter()
     seen = 0
     running: dict[str, float] = {}
-    n = data.shape[0]
     for step in bar(range(progress.step + 1, cfg.steps + 1), desc="style-train",
                     initial=progress.step, total=cfg.steps):
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
-        x = data[idx].float().div_(255)
-        x[flip] = x[flip].flip(-1)
-        x = x.to(device)
-        y = net(x)
-        with torch.no_grad():
-            target_feats = encoder(x)
-        feats = encoder(y)
-        lc = content_loss(feats, {k: target_feats[k] for k in encoder.content_layers},
-                          encoder.content_layers).mean()
-        ls = style_loss(feats, grams, encoder.style_layers).mean()
-        lt = tv_loss(y).mean()
-        loss = w.content_weight * lc + w.style_weight * ls + w.tv_weight * lt
+        x = random_crops(data, cfg.batch_size, cfg.image_size, gen).to(device)
+        parts = losses(x)
+        loss = (w.content_weight * parts["content"] + w.style_weight * parts["style"]
+                + w.tv_weight * parts["tv"])
         check_finite("loss", float(loss.detach()), step=step, run=run, advice="lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         progress.step = step
         seen += cfg.batch_size
-        for k, v in (("loss", loss), ("content", lc), ("style", ls), ("tv", lt)):
+        for k, v in (("loss", loss), *parts.items()):
             running[k] = running.get(k, 0.0) + float(v.detach())
         if step % cfg.log_every == 0 or step == cfg.steps:
             k = step % cfg.log_every or cfg.log_every
@@ -209,23 +272,32 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
             progress.time_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             progress.finished = step == cfg.steps
-            checkpoint()
+            run.save_checkpoint({
+                "model": net.state_dict(), "optimizer": opt.state_dict(),
+                **progress.state_dict(), "generator": gen.get_state(),
+                "rng": capture_rng(device), **extra,
+            })
 
+
+def _finish(cfg: StyleTrainConfig, run: RunDir, net: nn.Module, preview: Preview,
+            data: list[torch.Tensor], progress: Progress, device: torch.device,
+            info: dict[str, Any]) -> dict[str, Any]:
     net.eval()
     with torch.no_grad():
-        sample_in = data[:1].float().div(255).to(device)
-        save_image(net(sample_in).clamp(0, 1), run / "sample.png")
-        last = run.read_metrics()
+        sample = preview(data[0][None].float().div(255).to(device))
+    save_image(sample.clamp(0, 1), run / "sample.png")
+    last = run.read_metrics()
     summary = {
         "task": TASK,
         "run_dir": str(run.path),
         "checkpoint": str(run.checkpoint_path),
         "steps": cfg.steps,
-        "images": n,
-        "encoder": encoder.describe(),
-        "encoder_reason": reason,
+        "images": len(data),
+        **info,
+        "net": net.config,
+        "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "dropout": cfg.net.dropout,
-        "dropout_where": cfg.net.dropout_where,
+        "dropout_where": "decoder" if cfg.arbitrary else cfg.net.dropout_where,
         "final_loss": last[-1]["train_loss"] if last else None,
         "final_style_loss": last[-1]["train_style"] if last else None,
         "first_style_loss": last[0]["train_style"] if last else None,
@@ -233,5 +305,3 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
     }
     run.write_summary(summary)
     return summary
-
-
