@@ -112,6 +112,10 @@ def load_models(runs: list[str], device: str = "auto", mc: int = 20, *,
         loaded = load_run(run.path, dev)
         if task == "style-train":
             net = loaded.model
+            if net.config.get("kind") == "adain":
+                raise UserError(f"{run.path} is an arbitrary-style (--arbitrary) run, which "
+                                "droplab serve does not serve yet; use droplab style-apply "
+                                "RUN IMG --style STYLE")
             out.append(StyleModel(name, run.path, net, float(net.config.get("dropout", 0.0)),
                                   dev))
         else:

@@ -2,8 +2,7 @@
 from the ``net_config`` its checkpoint stores (:func:`build_style_net`).
 
 ``auto`` runs VGG-19 when its ImageNet weights can be had; offline it runs
-:data:`OFFLINE_DEFAULT`, the encoder that won the side-by-side comparison of the offline
-options (README "The offline look": contact sheet and evaluation-encoder losses), and
+:data:`OFFLINE_DEFAULT` (README "The offline look" compares the offline options), and
 says once on stderr which encoder runs and why.
 """
 
@@ -26,7 +25,7 @@ from droplab.models.style.vgg import VGGEncoder, load_vgg19_features
 
 ENCODERS = ("auto", "vgg19", "cifar", "random", "bank")
 #: What ``auto`` runs when the VGG-19 weights cannot be had.
-OFFLINE_DEFAULT = "cifar"
+OFFLINE_DEFAULT = "random"
 _WHY = {
     "cifar": "it gave the strongest look of the offline encoders (README \"The offline look\")",
     "random": "it needs no weights at all",
@@ -77,8 +76,9 @@ def build_encoder(
         choice = "random"
         enc = _offline_encoder(choice, seed, softmax, n_random)
     if not quiet:
-        print(f"droplab: using the {enc.describe()} encoder because {reason}; {_WHY[choice]}",
-              file=sys.stderr)
+        label = "random-weight" if choice == "random" else choice
+        print(f"droplab: using the {label} encoder ({enc.describe()}) because {reason}; "
+              f"{_WHY[choice]}", file=sys.stderr)
     return enc, reason
 
 

@@ -47,7 +47,7 @@ def load_folder(folder: str | Path, short_side: int, max_images: int | None = No
         img = img.resize((max(short_side, round(w * s)), max(short_side, round(h * s))),
                          Image.Resampling.BILINEAR)
         images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous())
-    if bad:
+    if bad and images:  # with none readable the error below says it all, in one line
         print(f"droplab: note: skipped {len(bad)} unreadable image(s) in {root}: "
               f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}", file=sys.stderr)
     if not images:

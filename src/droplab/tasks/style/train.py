@@ -40,6 +40,7 @@ from droplab.models.style import (
     TrainedEncoder,
     TransformerNet,
     adain,
+    cifar_encoder,
     content_loss,
     mean_std,
     moment_loss,
@@ -175,14 +176,21 @@ def _feedforward(cfg: StyleTrainConfig, encoder: Encoder, device: torch.device
     return net, losses, net, {"styles": len(styles)}
 
 
-def _arbitrary(cfg: StyleTrainConfig, encoder: Encoder, device: torch.device,
-               gen: torch.Generator) -> tuple[nn.Module, LossFn, Preview, dict[str, Any]]:
+def _style_folder(cfg: StyleTrainConfig) -> list[torch.Tensor] | None:
+    """``--arbitrary``: the style images, read before the run folder is made."""
+    if not cfg.arbitrary:
+        return None
+    style_size = cfg.style_size or round(1.5 * cfg.image_size)
+    return load_folder(cfg.style_dir or "", max(style_size, cfg.image_size),
+                       cfg.max_images, flag="--style-dir")
+
+
+def _arbitrary(cfg: StyleTrainConfig, styles: list[torch.Tensor], encoder: Encoder,
+               device: torch.device, gen: torch.Generator
+               ) -> tuple[nn.Module, LossFn, Preview, dict[str, Any]]:
     """Huang & Belongie: invert the encoder after AdaIN; moments of every stage."""
     if not isinstance(encoder, TrainedEncoder):  # validate() keeps VGG / random out
         raise InvalidValue("--arbitrary needs the cifar encoder")
-    style_size = cfg.style_size or round(1.5 * cfg.image_size)
-    styles = load_folder(cfg.style_dir or "", max(style_size, cfg.image_size),
-                         cfg.max_images, flag="--style-dir")
     net = AdaINNet.from_encoder(encoder, cfg.net.depth, dropout=cfg.net.dropout).to(device)
 
     def losses(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -213,16 +221,22 @@ def run_style_train(cfg: StyleTrainConfig, resume: bool = False) -> dict[str, An
     """
     device = resolve_device(cfg.run.device)
     target = ("steps", cfg.steps)
+    styles = None if resume else _style_folder(cfg)  # a bad folder leaves no run folder
     run = open_run(cfg, TASK, resume=resume, finished=target)
     done = finished_summary(run, *target) if resume else None
     if done is not None:
         return done
     gen = seed_everything(cfg.run.seed)
     data = load_folder(cfg.content_dir, crop_short_side(cfg.image_size), cfg.max_images)
-    encoder, reason = make_encoder(cfg.encoder, cfg.run.seed)
+    if cfg.arbitrary:  # AdaIN inverts the trained cifar encoder (whatever auto would pick)
+        encoder: Encoder = cifar_encoder()
+        reason = "--arbitrary decodes the cifar encoder's features"
+    else:
+        encoder, reason = make_encoder(cfg.encoder, cfg.run.seed)
     encoder = encoder.to(device)
     if cfg.arbitrary:
-        net, losses, preview, info = _arbitrary(cfg, encoder, device, gen)
+        styles = styles if styles is not None else _style_folder(cfg)
+        net, losses, preview, info = _arbitrary(cfg, styles or [], encoder, device, gen)
     else:
         net, losses, preview, info = _feedforward(cfg, encoder, device)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
