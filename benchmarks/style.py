@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,6 +115,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     folder = RUNS / "style-speed"
     johnson = _untrained_run("johnson", folder, **PRESETS["johnson"])
     fast = _untrained_run("fast", folder, **PRESETS["fast"])
+    fast9 = _untrained_run("fast-k9", folder, **{**PRESETS["fast"], "kernel": 9})
     adain = _untrained_run("adain", folder)
     dev = torch.device("cpu")
 
@@ -131,6 +134,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "droplab johnson onnx": run(styler(johnson, engine="onnx")),
         "droplab fast torch": run(styler(fast, engine="torch")),
         "droplab fast onnx": run(styler(fast, engine="onnx")),
+        "droplab fast with 9×9 ends onnx": run(styler(fast9, engine="onnx")),
         "droplab fast onnx int8 dynamic": run(styler(fast, engine="onnx", quantize="dynamic")),
         "droplab fast onnx int8 static": run(styler(fast, engine="onnx", quantize="static")),
     }
@@ -150,15 +154,20 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     say("timing 512×512 (interleaved rounds) …")
     t1 = best_of(single, args.rounds)
     t2 = best_of(arbitrary, args.rounds)
-    ref1 = t1["lite multistyle (onnx)"]["min_s"]
-    ref2 = t2["lite arbitrary (onnx, 384 px + upscale)"]["min_s"]
+    ref1 = t1["lite multistyle (onnx)"]
+    ref2 = t2["lite arbitrary (onnx, 384 px + upscale)"]
     params = {k: sum(p.numel() for p in load_style_net(r)[0].parameters())
-              for k, r in (("johnson", johnson), ("fast", fast), ("adain", adain))}
+              for k, r in (("johnson", johnson), ("fast", fast), ("fast-k9", fast9),
+                           ("adain", adain))}
     return {
         "size": [512, 512], "threads": args.threads, "rounds": args.rounds,
         "parameters": params,
-        "one_style": {k: {**v, "vs_lite": v["min_s"] / ref1} for k, v in t1.items()},
-        "arbitrary": {k: {**v, "vs_lite": v["min_s"] / ref2} for k, v in t2.items()},
+        "one_style": {k: {**v, "vs_lite": v["min_s"] / ref1["min_s"],
+                          "cpu_vs_lite": v["cpu_min_s"] / ref1["cpu_min_s"]}
+                      for k, v in t1.items()},
+        "arbitrary": {k: {**v, "vs_lite": v["min_s"] / ref2["min_s"],
+                          "cpu_vs_lite": v["cpu_min_s"] / ref2["cpu_min_s"]}
+                      for k, v in t2.items()},
     }
 
 
@@ -367,7 +376,9 @@ def main() -> None:
     ap.add_argument("parts", nargs="+", choices=tuple(PARTS))
     ap.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "shared"
                                             / "images"), help="folder with content/ and style/")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads")
+    ap.add_argument("--busy", default="", help="a note on the machine's load, kept in the JSON")
+    ap.add_argument("--scale", default="full", help="a label for the scale, kept in the JSON")
     ap.add_argument("--rounds", type=int, default=5, help="speed: interleaved rounds")
     ap.add_argument("--steps", type=int, default=300, help="training steps (quality, arbitrary)")
     ap.add_argument("--train-size", type=int, default=128)
@@ -382,12 +393,15 @@ def main() -> None:
     if not Path(args.images).is_dir():
         args.images = "/work/shared/images"
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    torch.set_num_threads(args.threads)
     for part in args.parts:
-        t0 = time.perf_counter()
-        with open("/proc/loadavg") as fh:
-            load_before = fh.read().split()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        load_before = os.getloadavg()
         res = PARTS[part](args)
-        res.update({"wall_s": time.perf_counter() - t0, "load_average": float(load_before),
+        res.update({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                    "load_average": load_before[0], "load_average_after": os.getloadavg()[0],
+                    "busy": args.busy, "scale": args.scale,
+                    "command": "python benchmarks/style.py " + " ".join(sys.argv[1:]),
                     "machine": platform.processor() or platform.machine(),
                     "date": time.strftime("%Y-%m-%d %H:%M")})
         results[part] = res

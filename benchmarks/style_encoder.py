@@ -10,10 +10,12 @@ The shipped CIFAR-10 encoders (``src/droplab/models/style/weights/``) were made 
     droplab train --dataset cifar10 --data-root ../shared/datasets --limit 1500 \\
         --model lenet --widths 48,96,192,192,256 --dropout 0.3 --epochs 5 \\
         --batch-size 64 --channels-last --seed 1 --out benchmarks/runs/encoder-lenet-eval
-    python benchmarks/style_encoder.py benchmarks/runs/encoder-lenet-eval cifar-lenet-eval.pt
+    python benchmarks/style_encoder.py benchmarks/runs/encoder-lenet-eval \
+        benchmarks/runs/encoder-lenet-eval.pt
 
-The first is the loss network / AdaIN encoder; the second (other widths, other seed) is
-used only to evaluate results, so the figures are not the optimiser's own objective.
+The first ships in the package (the loss network / AdaIN encoder); the second (other
+widths, other seed) stays in benchmarks/runs/ and is used only to evaluate results in
+benchmarks/style*.py, so the figures are not the optimiser's own objective.
 Only the convolution stages are kept (batch norm folded in, float16): the FC layers and
 the head are of no use to style transfer.
 """
@@ -34,7 +36,8 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "droplab" / "models" / "
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a droplab train run folder (lenet or convnet)")
-    ap.add_argument("name", help="file name under src/droplab/models/style/weights/")
+    ap.add_argument("name", help="file name under src/droplab/models/style/weights/, or a "
+                    "path with a folder")
     args = ap.parse_args()
     loaded = load_run(args.run)
     if not hasattr(loaded.model, "conv"):
@@ -46,7 +49,7 @@ def main() -> None:
               "epochs": summary.get("epochs"), "config": cfg}
     weights = encoder_weights_from_classifier(loaded.model.conv.state_dict(),
                                               mean=loaded.mean, std=loaded.std, source=source)
-    out = WEIGHTS / args.name
+    out = Path(args.name) if "/" in args.name else WEIGHTS / args.name
     atomic_torch_save(weights, out)
     load_encoder_weights(out)  # reads back through the safe loader
     print(json.dumps({"path": str(out), "bytes": out.stat().st_size,

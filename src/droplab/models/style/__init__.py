@@ -20,7 +20,6 @@ from droplab.models.style.build import (
     build_style_net,
 )
 from droplab.models.style.encoders import (
-    CIFAR_EVAL_WEIGHTS,
     CIFAR_WEIGHTS,
     Encoder,
     EnsembleEncoder,
@@ -69,7 +68,6 @@ from droplab.models.style.vgg import (
 )
 
 __all__ = [
-    "CIFAR_EVAL_WEIGHTS",
     "CIFAR_WEIGHTS",
     "DROPOUT_PLACES",
     "ENCODERS",

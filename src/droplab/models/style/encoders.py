@@ -39,8 +39,6 @@ from droplab.models.style.losses import swag
 
 #: The shipped CIFAR-10 encoder (``benchmarks/style_encoder.py`` writes it).
 CIFAR_WEIGHTS = "cifar-lenet.pt"
-#: A second, independently trained CIFAR-10 encoder, used only to *evaluate* results.
-CIFAR_EVAL_WEIGHTS = "cifar-lenet-eval.pt"
 WEIGHTS_FORMAT = "droplab.style-encoder"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -331,12 +329,10 @@ def load_encoder_weights(path: str | Path | None = None, name: str = CIFAR_WEIGH
     return weights
 
 
-def cifar_encoder(*, softmax: float | None = None, eval_copy: bool = False,
-                  **kw: Any) -> TrainedEncoder:
-    """The shipped CIFAR-10 encoder (``eval_copy``: the independently trained second one)."""
-    name = CIFAR_EVAL_WEIGHTS if eval_copy else CIFAR_WEIGHTS
-    label = "cifar-eval" if eval_copy else "cifar"
-    return TrainedEncoder(load_encoder_weights(name=name), softmax=softmax, label=label, **kw)
+def cifar_encoder(*, softmax: float | None = None, **kw: Any) -> TrainedEncoder:
+    """The shipped CIFAR-10 encoder."""
+    return TrainedEncoder(load_encoder_weights(name=CIFAR_WEIGHTS), softmax=softmax,
+                          label="cifar", **kw)
 
 
 def encoder_weights_from_classifier(state: dict[str, torch.Tensor], *, mean: Sequence[float],

@@ -35,8 +35,9 @@ PADDINGS = ("reflect", "zeros")
 #: (README "Fast feed-forward": same quality under the evaluation encoders, a fraction of
 #: the time).
 PRESETS: dict[str, dict[str, Any]] = {
-    "johnson": {"width": 32, "n_residual": 5, "separable": False, "padding": "reflect"},
-    "fast": {"width": 16, "n_residual": 5, "separable": True, "padding": "zeros"},
+    "johnson": {"width": 32, "n_residual": 5, "separable": False, "padding": "reflect",
+                "kernel": 9},
+    "fast": {"width": 16, "n_residual": 5, "separable": True, "padding": "zeros", "kernel": 5},
 }
 
 
@@ -123,9 +124,13 @@ class TransformerNet(nn.Module):
         dropout_where: str = "residual",
         separable: bool = False,
         padding: str = "reflect",
+        kernel: int = 9,
     ) -> None:
         super().__init__()
         check_rate(dropout, "dropout")
+        if kernel < 1 or kernel % 2 == 0:
+            raise InvalidValue(f"kernel={kernel}: the first and last convolutions need an odd "
+                               "size (9 in Johnson et al.)")
         if dropout_where not in DROPOUT_PLACES:
             raise unknown_name("dropout placement", dropout_where, DROPOUT_PLACES)
         if padding not in PADDINGS:
@@ -134,7 +139,7 @@ class TransformerNet(nn.Module):
             raise InvalidValue(f"width={width} and n_residual={n_residual} must be positive")
         self.config = {"width": width, "n_residual": n_residual, "dropout": dropout,
                        "dropout_where": dropout_where, "separable": bool(separable),
-                       "padding": padding}
+                       "padding": padding, "kernel": kernel}
         w, kw = width, {"separable": bool(separable), "padding": padding}
         enc_p = dropout if dropout_where == "all" else 0.0
         res_p = dropout if dropout_where in ("residual", "all") else 0.0
@@ -145,7 +150,7 @@ class TransformerNet(nn.Module):
             return [*layers, spatial_dropout(p)] if p > 0 else layers
 
         self.encoder = nn.Sequential(
-            *stage(ConvLayer(3, w, 9, padding=padding), w, enc_p),
+            *stage(ConvLayer(3, w, kernel, padding=padding), w, enc_p),
             *stage(conv3x3(w, 2 * w, 2, **kw), 2 * w, enc_p),
             *stage(conv3x3(2 * w, 4 * w, 2, **kw), 4 * w, enc_p),
         )
@@ -154,7 +159,7 @@ class TransformerNet(nn.Module):
         self.decoder = nn.Sequential(
             *stage(UpsampleConvLayer(4 * w, 2 * w, 3, **kw), 2 * w, dec_p),
             *stage(UpsampleConvLayer(2 * w, w, 3, **kw), w, dec_p),
-            ConvLayer(w, 3, 9, padding=padding),
+            ConvLayer(w, 3, kernel, padding=padding),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,8 @@ class StyleNetConfig(Config):
 
     size: str = option("johnson", flag="--net", choices=tuple(PRESETS), what="network size",
                        help="johnson (Johnson et al.'s width-32 net) or fast (width 16, "
-                       "depthwise-separable, zero padding: the CPU net)")
+                       "depthwise-separable, zero padding, 5×5 first and last "
+                       "convolutions: the CPU net)")
     width: int | None = option(None, ge=1, help="channels of the first layer (default: "
                                "the --net size's)")
     n_residual: int | None = option(None, ge=0, help="residual blocks (default: the --net "
@@ -79,6 +80,8 @@ class StyleNetConfig(Config):
                                     "(default: the --net size's)")
     padding: str | None = option(None, choices=PADDINGS, what="padding",
                                  help="reflect or zeros (default: the --net size's)")
+    kernel: int | None = option(None, ge=1, help="size of the first and last convolutions "
+                                "(odd; default: the --net size's, 9 for johnson)")
     dropout: float = option(0.0, rate=True, metavar="P",
                             help="spatial dropout rate p (drop probability)")
     dropout_where: str = option("residual", choices=DROPOUT_PLACES, what="dropout placement",
@@ -146,7 +149,7 @@ class StyleTrainConfig(Config):
 
 def transformer_from_config(n: StyleNetConfig) -> TransformerNet:
     opts = net_options(n.size, width=n.width, n_residual=n.n_residual, separable=n.separable,
-                       padding=n.padding)
+                       padding=n.padding, kernel=n.kernel)
     return TransformerNet(dropout=n.dropout, dropout_where=n.dropout_where, **opts)
 
 
