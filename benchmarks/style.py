@@ -141,6 +141,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     style_path = str(next(p for p in styles if p.stem == "starry_night"))
     ad_torch = styler(adain, engine="torch", styles=[style_path])
     ad_onnx = styler(adain, engine="onnx", styles=[style_path])
+    ad_half = styler(adain, engine="onnx", styles=[style_path], style_scale=0.5)
 
     def fresh(s: Stylizer) -> Image.Image:
         s._stats.clear()  # encode the style image every call, as lite does
@@ -150,6 +151,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "lite arbitrary (onnx, 384 px + upscale)": lambda: lite.stylize_with(content, style_img),
         "droplab adain torch": lambda: fresh(ad_torch),
         "droplab adain onnx": lambda: fresh(ad_onnx),
+        "droplab adain onnx, style at 256 px (--style-scale 0.5)": lambda: fresh(ad_half),
     }
     say("timing 512×512 (interleaved rounds) …")
     t1 = best_of(single, args.rounds)
@@ -244,9 +246,11 @@ def offline(args: argparse.Namespace) -> dict[str, Any]:
     ST = _lite()
     contents, styles = shared_images(args.images)
     chosen = [s for s in styles if s.stem in SHEET_STYLES][: args.sheet_styles]
+    contents = contents[: args.sheet_contents]
     lite = ST(device="cpu", max_size=args.sheet_size, threads=args.threads)
     judge = Judge()
-    options = _options()
+    options = {k: v for k, v in _options().items()
+               if not args.options or k in args.options.split(",")}
     scores: dict[str, list[dict[str, float]]] = {k: [] for k in [*options, "lite arbitrary"]}
     times: dict[str, float] = {k: 0.0 for k in options}
     rows = []
@@ -285,7 +289,7 @@ def arbitrary(args: argparse.Namespace) -> dict[str, Any]:
     for s in styles:
         if s != held_style and not (style_dir / s.name).exists():
             (style_dir / s.name).write_bytes(s.read_bytes())
-    run = _train("adain", args, arbitrary=True, style_dir=str(style_dir))
+    run = args.arbitrary_run or _train("adain", args, arbitrary=True, style_dir=str(style_dir))
     lite = ST(device="cpu", max_size=args.eval_size, threads=args.threads)
     judge = Judge()
     scores: dict[str, list[dict[str, float]]] = {"droplab adain": [], "lite arbitrary": []}
@@ -308,7 +312,8 @@ def arbitrary(args: argparse.Namespace) -> dict[str, Any]:
                                                for t in (load(s, args.eval_size),) * 2])
     sheet = _sheet(rows, RESULTS / "style_sheet_arbitrary.png", args.eval_size)
     summary = json.loads((Path(run) / "summary.json").read_text())
-    return {"steps": args.steps, "train_size": args.train_size, "eval_size": args.eval_size,
+    return {"run": run, "steps": summary["steps"], "eval_size": args.eval_size,
+            "train_config": json.loads((Path(run) / "config.json").read_text()),
             "train_styles": sorted(p.name for p in style_dir.glob("*.jpg")),
             "held_out_style": held_style.name, "sheet": sheet,
             "columns": "per style: droplab adain, lite arbitrary",
@@ -387,7 +392,13 @@ def main() -> None:
     ap.add_argument("--sheet-size", type=int, default=192)
     ap.add_argument("--sheet-steps", type=int, default=80)
     ap.add_argument("--sheet-styles", type=int, default=2)
+    ap.add_argument("--sheet-contents", type=int, default=3)
+    ap.add_argument("--options", default="", help="offline: comma-separated encoder options "
+                    "(default all)")
     ap.add_argument("--held-out-style", default="woman-with-hat-matisse")
+    ap.add_argument("--arbitrary-run", default="", help="arbitrary: judge this style-train "
+                    "--arbitrary run instead of training one (its styles should leave out "
+                    "--held-out-style)")
     ap.add_argument("--frames", type=int, default=48)
     args = ap.parse_args()
     if not Path(args.images).is_dir():

@@ -30,7 +30,9 @@ import argparse
 import io
 import itertools
 import json
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -156,20 +158,28 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--pan-step", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--settings", default="", help="comma-separated WHERE:P (e.g. "
+                    "residual:0.1,decoder:0.3); p = 0 always runs; default all five")
+    ap.add_argument("--scale", default="full", help="a label for the scale, kept in the JSON")
+    ap.add_argument("--busy", default="", help="a note on the machine's load, kept in the JSON")
     ap.add_argument("--out", default=str(RESULTS / "style_dropout.json"))
     args = ap.parse_args()
+    settings = SETTINGS
+    if args.settings:
+        asked = [(float(p), w) for w, p in (x.split(":") for x in args.settings.split(","))]
+        settings = [(0.0, "residual"), *[s for s in asked if s[0] > 0]]
+    c0 = time.process_time()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    with open("/proc/loadavg") as fh:
-        load_before = float(fh.read().split()[0])
+    load_before = os.getloadavg()[0]
     contents, styles = shared_images(args.images)
     style_path = next(p for p in styles if p.stem == "starry_night")
     judge = Judge()
     held = [load(c, args.eval_size) for c in contents]
     style = load(style_path, args.eval_size)
     per_seed: dict[str, list[dict[str, float]]] = {}
-    for p, where in SETTINGS:
+    for p, where in settings:
         for seed in range(args.seeds):
             run = train(p, where, seed, args, style_path)
             net, _ = load_style_net(run)
@@ -184,7 +194,10 @@ def main() -> None:
            "eval_size": args.eval_size, "seeds": args.seeds, "style": style_path.name,
            "held_out": [c.name for c in contents], "settings": table,
            "verdict": verdict(table), "per_seed": per_seed,
-           "wall_s": time.perf_counter() - t0, "load_average": load_before}
+           "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+           "load_average": load_before, "load_average_after": os.getloadavg()[0],
+           "scale": args.scale, "busy": args.busy,
+           "command": "python benchmarks/style_dropout.py " + " ".join(sys.argv[1:])}
     atomic_write_json(args.out, res)
     print(json.dumps({"verdict": res["verdict"]}, indent=1))
 
