@@ -236,9 +236,21 @@ def _tile(x: torch.Tensor, tile: int) -> torch.Tensor:
     return canvas
 
 
+def small_png(path: Path, limit: int = 300_000) -> None:
+    """Re-save a contact sheet as a 256-colour PNG, halving it until it is under ``limit``
+    bytes (committed figures stay small)."""
+    img = Image.open(path).convert("RGB")
+    while True:
+        img.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        if path.stat().st_size <= limit or img.width < 200:
+            return
+        img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.Resampling.LANCZOS)
+
+
 def _sheet(rows: list[list[torch.Tensor]], path: Path, tile: int) -> str:
     sheet = torch.cat([torch.cat([_tile(x, tile) for x in r], -1) for r in rows], -2)
     save_image(sheet, path)
+    small_png(path)
     return str(path.relative_to(RESULTS.parent.parent))
 
 

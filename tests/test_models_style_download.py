@@ -50,18 +50,18 @@ def test_stylize_json_is_one_object_and_the_failure_is_remembered(
     code, out, err = _run([*argv, "--out", str(tmp_path / "a")], capsys)
     assert code == 0 and offline_hub["n"] == 1
     summary = json.loads(out)  # the whole of stdout is one JSON object
-    assert summary["encoder"].startswith("random")
+    assert summary["encoder"].startswith("cifar")
     marker = download_failed_marker(vgg19_weights_path())
     assert marker.is_file() and "name resolution" in marker.read_text()
     assert any(line.startswith("Downloading:") for line in err)  # moved, not lost
-    note = [line for line in err if "random-weight encoder" in line]
+    note = [line for line in err if "CIFAR-10-trained encoder" in line]
     assert len(note) == 1 and str(marker) in note[0]
 
     # the next auto run does not touch the network and says how to retry
     code, out, err = _run([*argv, "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and offline_hub["n"] == 1
     json.loads(out)
-    note = [line for line in err if "random-weight encoder" in line]
+    note = [line for line in err if "CIFAR-10-trained encoder" in line]
     assert len(note) == 1 and "not retried" in note[0] and f"delete {marker}" in note[0]
 
     # asking for vgg19 by name does retry, and fails in one line

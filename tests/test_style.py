@@ -94,9 +94,10 @@ def test_random_encoder_is_seeded() -> None:
 
 def test_auto_encoder_falls_back_and_says_why(capsys: pytest.CaptureFixture) -> None:
     enc, _reason = build_encoder("auto")
-    assert enc.name == "random"
+    assert enc.describe().startswith("cifar")  # the offline default (README "The offline look")
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "random-weight encoder" in err and str(vgg19_weights_path()) in err
+    assert err.count("\n") == 1 and "CIFAR-10-trained encoder" in err
+    assert str(vgg19_weights_path()) in err
     with pytest.raises(WeightsUnavailable):
         build_encoder("vgg19")
 
@@ -188,7 +189,7 @@ def test_stylize_cli_lowers_the_style_loss(tmp_path: Path, capsys: pytest.Captur
     assert s["eval"]["style_loss"] < s["eval_content_image"]["style_loss"]
     assert s["eval"]["eval_encoder"].startswith("random seed")
     assert -1 <= s["eval"]["ssim_content"] < 1 and s["eval_content_image"]["ssim_content"] == 1
-    assert err.count("random-weight encoder") == 1
+    assert err.count("CIFAR-10-trained encoder") == 1
 
 
 def test_stylize_options_in_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
