@@ -138,7 +138,7 @@ def verdict(table: dict[str, Any]) -> dict[str, list[str]]:
             continue
         notes = []
         for k, v in row.items():
-            if "diff_vs_p0" not in v or k == "mc_diversity":
+            if "diff_vs_p0" not in v or k in ("mc_diversity", "train_s"):  # not quality
                 continue
             d, se = v["diff_vs_p0"], v["diff_se"]
             if se > 0 and abs(d) > 2 * se:
