@@ -57,11 +57,13 @@ from droplab.layers import make_dropout
 from droplab.models.gan_blocks import (
     WHERE,
     DiscriminatorSet,
+    DropoutSlots,
     MinibatchStd,
     MLPDiscriminator,
     MLPGenerator,
     check_d_dropout_kind,
     members,
+    with_spectral_norm,
 )
 
 LOSSES = ("ns", "hinge", "wgan-gp")
@@ -210,17 +212,11 @@ class Discriminator(nn.Module):
         self.dropout_where = dropout_where
         s0, n = size_plan(h)
         chans = [width * 2**i for i in range(n)]
-        self.dropouts: list[nn.Module] = []
-
-        def drop(where: str) -> list[nn.Module]:
-            if self.p == 0 or dropout_where not in (where, "all"):
-                return []
-            m = make_dropout(dropout_kind, self.p)
-            self.dropouts.append(m)
-            return [m]
+        drop = DropoutSlots(dropout_kind, self.p, dropout_where)
+        self.dropouts = drop.made
 
         def sn(m: nn.Module) -> nn.Module:
-            return nn.utils.parametrizations.spectral_norm(m) if spectral_norm else m
+            return with_spectral_norm(m, spectral_norm)
 
         layers: list[nn.Module] = [*drop("input")]
         prev = c

@@ -24,8 +24,8 @@ from torch import nn
 from droplab.errors import InvalidValue, check_rate, unknown_name
 from droplab.layers import KINDS, make_dropout
 
-__all__ = ["WHERE", "DiscriminatorSet", "MLPDiscriminator", "MLPGenerator", "MinibatchStd",
-           "check_d_dropout_kind"]
+__all__ = ["WHERE", "DiscriminatorSet", "DropoutSlots", "MLPDiscriminator", "MLPGenerator",
+           "MinibatchStd", "check_d_dropout_kind", "with_spectral_norm"]
 
 WHERE = ("input", "hidden", "all")
 #: dropout kinds that act on feature maps (a channel or a block at a time)
@@ -46,6 +46,29 @@ def check_d_dropout_kind(kind: str, where: str, *, maps: bool = True) -> None:
     if not maps and kind in MAP_KINDS:
         raise InvalidValue(f"dropout kind {kind!r} drops feature maps; the 2-D point nets "
                            "have none: use dropout, gaussian, alpha, droppath or concrete")
+
+
+class DropoutSlots:
+    """Makes a discriminator's dropout layers where ``where`` asks for them (``"input"``,
+    ``"hidden"`` or ``"all"``) and keeps every one made in :attr:`made`, so that the rate can
+    be read back and driven by schedules."""
+
+    def __init__(self, kind: str, p: float, where: str) -> None:
+        self.kind, self.p, self.where = kind, p, where
+        self.made: list[nn.Module] = []
+
+    def __call__(self, place: str) -> list[nn.Module]:
+        """``[layer]`` if dropout goes at ``place``, else ``[]`` (to splice into a layer list)."""
+        if self.p == 0 or self.where not in (place, "all"):
+            return []
+        m = make_dropout(self.kind, self.p)
+        self.made.append(m)
+        return [m]
+
+
+def with_spectral_norm(m: nn.Module, on: bool) -> nn.Module:
+    """``m`` with spectral normalisation of its weight (Miyato et al. 2018) when ``on``."""
+    return nn.utils.parametrizations.spectral_norm(m) if on else m
 
 
 class MinibatchStd(nn.Module):
@@ -141,17 +164,11 @@ class MLPDiscriminator(nn.Module):
         check_d_dropout_kind(dropout_kind, dropout_where, maps=False)
         self.p = check_rate(dropout, "d_dropout")
         self.dropout_kind, self.dropout_where = dropout_kind, dropout_where
-        self.dropouts: list[nn.Module] = []
-
-        def drop(where: str) -> list[nn.Module]:
-            if self.p == 0 or dropout_where not in (where, "all"):
-                return []
-            m = make_dropout(dropout_kind, self.p)
-            self.dropouts.append(m)
-            return [m]
+        drop = DropoutSlots(dropout_kind, self.p, dropout_where)
+        self.dropouts = drop.made
 
         def sn(m: nn.Module) -> nn.Module:
-            return nn.utils.parametrizations.spectral_norm(m) if spectral_norm else m
+            return with_spectral_norm(m, spectral_norm)
 
         layers: list[nn.Module] = [*drop("input")]
         prev = dim
