@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from droplab.engine.gan import GanConfig, GanTrainer, load_gan_data
+from droplab.engine.gan import GanConfig, GanTrainer, load_gan_data, standing_stats
 from droplab.errors import InvalidValue, UnknownName
+from droplab.models.gan_blocks import MLPGenerator
 from droplab.runs import RunDir
 from droplab.tasks.gan import run
 
@@ -158,3 +159,51 @@ def test_toy_data_for_the_gan() -> None:
     assert real.shape == (100, 2) and real.dtype == torch.float32
     with pytest.raises(InvalidValue, match="2-D dataset"):
         load_gan_data(GanConfig.build(dataset="ring", image_size=16).data, seed=0)
+
+
+def test_standing_stats_are_the_exact_batch_averages_of_the_generators_own_activations() -> None:
+    # momentum None in update_bn: the running mean is the mean of the batch means and the
+    # running variance the mean of the batch (unbiased) variances, computed here by hand
+    g = MLPGenerator(z_dim=4, dim=2, width=8, depth=2).eval()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(0.3)  # BatchNorm weights/biases off their init, so layer 2's input moves
+    rng = torch.get_rng_state()
+    standing_stats(g, seed=3, device=torch.device("cpu"), n=500, batch_size=128)
+    assert not g.training and torch.equal(torch.get_rng_state(), rng)
+    zgen = torch.Generator().manual_seed(3)
+    zs = [torch.randn(128, 4, generator=zgen) for _ in range(4)]  # ⌈500 / 128⌉ full batches
+    lin1, bn1, _, lin2, bn2 = list(g.net)[:5]
+    h1 = [lin1(z).detach() for z in zs]
+    assert torch.allclose(bn1.running_mean, torch.stack([h.mean(0) for h in h1]).mean(0), atol=1e-6)
+    assert torch.allclose(bn1.running_var, torch.stack([h.var(0) for h in h1]).mean(0), rtol=1e-5)
+    h2 = [lin2(torch.relu(bn1.weight * (h - h.mean(0)) / (h.var(0, unbiased=False)
+                                                         + bn1.eps).sqrt() + bn1.bias)).detach()
+          for h in h1]
+    assert torch.allclose(bn2.running_mean, torch.stack([h.mean(0) for h in h2]).mean(0), atol=1e-5)
+    assert torch.allclose(bn2.running_var, torch.stack([h.var(0) for h in h2]).mean(0), rtol=1e-4)
+
+
+def test_the_ema_generator_samples_with_statistics_of_its_own_weights() -> None:
+    # After an epoch the EMA generator's first BatchNorm mean is the mean of ITS first-layer
+    # activations (checked on 8,192 fresh draws: the two estimates differ by N(0, SE²) with
+    # SE = s·√(1/4096 + 1/8192); 5 SE per unit), not the trained generator's running mean
+    # (which the weight average does not share: ema 0.9 lags the trained weights).
+    cfg = _cfg(dataset="ring", limit=64, batch_size=64, width=16, z_dim=2, ema=0.9, lr=5e-3)
+    data = load_gan_data(cfg.data, seed=0)
+    tr = GanTrainer(cfg, data.shape, torch.device("cpu"), data.n_train)
+    tr.train_epoch(data.loader(64, 0, torch.device("cpu")), 1)
+    lin, bn = tr.g_ema.net[0], tr.g_ema.net[1]
+    h = lin(torch.randn(8192, 2, generator=torch.Generator().manual_seed(11))).detach()
+    se = h.std(0) * (1 / 4096 + 1 / 8192) ** 0.5
+    assert ((bn.running_mean - h.mean(0)).abs() < 5 * se).all()
+    live = tr.g.net[1].running_mean
+    assert ((live - h.mean(0)).abs() > 5 * se).any()
+    # a checkpoint of an older release holds the copied statistics: the sampler recomputes
+    state = tr.state_dict()
+    fresh = bn.running_mean.clone()
+    state["g_ema"] = {**state["g_ema"], "net.1.running_mean": live.clone()}
+    again = GanTrainer(cfg, data.shape, torch.device("cpu"), data.n_train)
+    again.load_state_dict(state)
+    assert torch.equal(again.g_ema.net[1].running_mean, live)
+    assert torch.equal(again.sampler.net[1].running_mean, fresh)
