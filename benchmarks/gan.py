@@ -80,6 +80,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "dropout-gan": ("Dropout-GAN: 3 Ds, feedback dropout 0.5",
                     {"discriminators": 3, "d_feedback_dropout": 0.5}),
 }
+#: the scores kept of a run scored again (``--rescore``)
+SCORE_KEYS = ("modes", "high_quality", "kl_uniform", "fid", "kid_mean", "density", "coverage",
+              "precision", "recall")
 #: configurations that only make sense on images
 IMAGE_ONLY = ("d-spatial-0.3", "diffaugment")
 
@@ -92,9 +95,18 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--data-root", default="/work/shared/datasets", help="folder holding MNIST/raw")
     p.add_argument("--configs", nargs="+", default=None, help=f"subset of {', '.join(CONFIGS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--single-seed", nargs="+", default=[], metavar="CONFIG",
+                   help="configurations run with the first seed only (to fit a CPU budget; "
+                   "the table gives every row's number of seeds)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score again finished runs scored before the EMA generator had "
+                   "BatchNorm statistics of its own (commit 3bef40d); their training is "
+                   "unchanged by that fix, so this equals rerunning them")
+    p.add_argument("--busy", action="store_true",
+                   help="record that other jobs shared the machine (machine_busy in the JSON)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the 1-critic-step configurations (default: mnist 12, "
-                   "stacked-mnist 3, ring/grid 100)")
+                   "stacked-mnist 3, ring/grid 100 = 6,200 steps)")
     p.add_argument("--limit", type=int, default=None, help="images per class / points per mode")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (ring/grid 256)")
     p.add_argument("--width", type=int, default=None, help="default 32 (ring/grid 128)")
@@ -119,7 +131,7 @@ def _parse() -> argparse.Namespace:
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.configs = args.configs or [c for c in CONFIGS if not (toy and c in IMAGE_ONLY)]
-    bad = [c for c in args.configs if c not in CONFIGS]
+    bad = [c for c in [*args.configs, *args.single_seed] if c not in CONFIGS]
     if bad:
         p.error(f"unknown configuration(s) {', '.join(bad)}; choose from {', '.join(CONFIGS)}")
     args.out = args.out or str(HERE / "runs" / f"gan-{args.dataset}")
@@ -160,17 +172,30 @@ def gan_options(args: argparse.Namespace, name: str, seed: int, clf: str | None,
             "out": str(out / f"{name}-s{seed}"), **opts}
 
 
-def _one(job: tuple[dict[str, Any], int]) -> dict[str, Any]:
-    opts, threads = job
+def _one(job: tuple[dict[str, Any], int, bool]) -> dict[str, Any]:
+    """Train and score one run, or continue it; a finished run (same options, checked by
+    ``droplab gan --resume``) returns its summary — scored again with ``rescore`` when it
+    was scored with the trained generator's BatchNorm statistics."""
+    opts, threads, rescore = job
     torch.set_num_threads(threads)
     folder = Path(opts["out"])
-    if (folder / "summary.json").exists():
-        return json.loads((folder / "summary.json").read_text())
     cfg = GanConfig.build(**opts)
+    old = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else None
+    if old is not None and not (rescore and not old.get("ema_own_stats")):
+        return run(cfg, resume=True)  # the stored summary (refused if the options changed)
+    if old is not None:  # score again: only the EMA generator's statistics change
+        (folder / "summary.json").unlink()
     cpu0 = time.process_time()
     summary = run(cfg, resume=(folder / "config.json").exists())
-    summary["cpu_s"] = time.process_time() - cpu0  # this process's CPU seconds (1 thread)
-    summary["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    cpu = time.process_time() - cpu0  # this process's CPU seconds (1 thread)
+    if old is not None:
+        summary.update({"rescored": True, "rescore_cpu_s": cpu,
+                        "cpu_s": (old.get("cpu_s") or 0.0) + cpu,
+                        "load_average_1min_at_end": old.get("load_average_1min_at_end"),
+                        "scores_before_rescore": {k: old.get(k) for k in SCORE_KEYS}})
+    else:
+        summary.update({"cpu_s": cpu, "load_average_1min_at_end": round(os.getloadavg()[0], 2)})
+    summary["ema_own_stats"] = True
     atomic_write_json(folder / "summary.json", summary)
     return summary
 
@@ -256,9 +281,10 @@ def main() -> None:
     t0 = time.perf_counter()
     load_start = [round(v, 2) for v in os.getloadavg()]
     clf = _classifier(args, out)
-    jobs = [(gan_options(args, name, seed, clf, out), args.threads)
-            for seed in args.seeds for name in args.configs]
-    names = [(name, seed) for seed in args.seeds for name in args.configs]
+    names = [(name, seed) for seed in args.seeds for name in args.configs
+             if seed == args.seeds[0] or name not in args.single_seed]
+    jobs = [(gan_options(args, name, seed, clf, out), args.threads, args.rescore)
+            for name, seed in names]
     runs: list[dict[str, Any]] = []
     keys = _keys(toy)
     if args.jobs > 1:
@@ -268,7 +294,8 @@ def main() -> None:
         results = map(_one, jobs)
     for (name, seed), s in zip(names, results, strict=True):
         rec = {"config": name, "seed": seed, **{k: s.get(k) for k in keys},
-               "cpu_s": s.get("cpu_s"),
+               "cpu_s": s.get("cpu_s"), "rescored": bool(s.get("rescored")),
+               "ema_own_stats": bool(s.get("ema_own_stats")),
                "load_average_1min_at_end": s.get("load_average_1min_at_end"),
                "run_dir": s["run_dir"]}
         runs.append(rec)
@@ -284,6 +311,7 @@ def main() -> None:
         table.append({"config": name, "what": CONFIGS[name][0], "seeds": len(rows),
                       **{k: _stats([r[k] for r in rows]) for k in keys}})
     best = best_row(table, toy, args.dataset)
+    first = GanConfig.build(**jobs[0][0]).resolved().to_dict()  # nets, loss, Adam, EMA
 
     clf_acc = (json.loads((Path(clf) / "summary.json").read_text()).get("test_acc")
                if clf else None)
@@ -302,11 +330,13 @@ def main() -> None:
         "benchmark": f"gan-{args.dataset}", "config": vars(args), "classifier": clf,
         "classifier_test_acc": clf_acc, "table": table, "best": best["config"], "runs": runs,
         "real_reference": {k: v for k, v in ref.items() if not isinstance(v, list)},
+        "first_run_options": {k: v for k, v in first.items() if k in ("model", "train")},
         "wall_s": time.perf_counter() - t0, "torch_threads": args.threads,
         "cpu_s_runs": sum(r.get("cpu_s") or 0.0 for r in runs),
         "load_average_at_start": load_start,
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "note": args.note,
+        "machine_busy": args.busy,
     })
     print(f"wrote {args.results}", file=sys.stderr)
 

@@ -207,3 +207,16 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights() -> None:
     again.load_state_dict(state)
     assert torch.equal(again.g_ema.net[1].running_mean, live)
     assert torch.equal(again.sampler.net[1].running_mean, fresh)
+
+
+def test_defaults_follow_the_data_and_explicit_values_win() -> None:
+    def picked(**kw: object) -> tuple[object, ...]:
+        c = GanConfig.build(**kw).resolved()
+        return (c.model.width, c.model.z_dim, c.train.batch_size, c.train.epochs, c.train.lr,
+                c.model.n_critic)
+
+    assert picked(dataset="digits") == (32, 64, 64, 2, 2e-4, 1)
+    assert picked(dataset="ring") == (128, 2, 256, 50, 1e-3, 1)  # PacGAN's 2-D latent
+    assert picked(dataset="grid", loss="wgan-gp") == (128, 2, 256, 50, 1e-4, 5)
+    assert picked(dataset="ring", width=16, z_dim=8, batch_size=32, epochs=3, lr=1e-2) == (
+        16, 8, 32, 3, 1e-2, 1)

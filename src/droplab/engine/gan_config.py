@@ -44,8 +44,10 @@ class GanModelConfig(Config):
 
     model: str = option("auto", choices=nets.GAN_MODELS, what="GAN model",
                         help="dcgan (images), mlp (2-D points) or auto (by the data)")
-    width: int = option(32, ge=1, help="base channel width (mlp: hidden units)")
-    z_dim: int = option(64, ge=1, help="latent size")
+    width: int | None = option(None, ge=1, help="base channel width (mlp: hidden units); "
+                               "default 32 (ring/grid: 128)")
+    z_dim: int | None = option(None, ge=1, help="latent size; default 64 (ring/grid: 2, as "
+                               "in PacGAN)")
     loss: str = option("ns", choices=nets.LOSSES, what="GAN loss",
                        help="ns (non-saturating), hinge or wgan-gp")
     n_critic: int | None = option(None, ge=1, help="discriminator steps per generator step "
@@ -110,10 +112,11 @@ class GanTrainConfig(Config):
     """Adam on both nets, the EMA generator and the divergence guard. ``--epochs`` may grow
     on ``--resume`` (there is no LR schedule to stretch)."""
 
-    epochs: int = option(2, ge=1, runtime=True, help="training epochs")
-    batch_size: int = option(64, ge=2, help="batch size")
-    lr: float | None = option(None, gt=0, help="Adam learning rate (default 1e-4 for "
-                              "wgan-gp, else 2e-4)")
+    epochs: int | None = option(None, ge=1, runtime=True, help="training epochs; default 2 "
+                                "(ring/grid: 50 of 16,000 points = 3,100 steps at batch 256)")
+    batch_size: int | None = option(None, ge=2, help="batch size; default 64 (ring/grid: 256)")
+    lr: float | None = option(None, gt=0, help="Adam learning rate; default 1e-4 for "
+                              "wgan-gp, else 2e-4 (ring/grid: 1e-3)")
     betas: tuple[float, float] | None = option(None, ge=0, lt=1, nargs=2, metavar=("B1", "B2"),
                                                help="Adam betas (default 0 0.9 for wgan-gp, "
                                                "else 0.5 0.999)")
@@ -161,8 +164,13 @@ class GanConfig(Config):
 
     ``n_critic``, ``lr`` and ``betas`` left at ``None`` take the loss's usual values
     (:meth:`resolved`): WGAN-GP 5, 1e-4, (0.0, 0.9) (Gulrajani et al. 2017); ns/hinge 1,
-    2e-4, (0.5, 0.999) (Radford et al. 2016). ``image_size`` ``None`` keeps the dataset's
-    own size (digits: 8 px); ``limit`` is training images per class.
+    2e-4, (0.5, 0.999) (Radford et al. 2016). ``width``, ``z_dim``, ``epochs``,
+    ``batch_size`` left at ``None`` take the data's: images 32, 64, 2, 64; the 2-D
+    mixtures 128 hidden units, a 2-D latent (PacGAN, Lin et al. 2018), 50 epochs (3,100
+    steps) of batch 256 and (ns/hinge) lr 1e-3 — a point generator needs thousands of steps
+    and a larger step size to put 90 % of its samples within 3σ = 0.03 of the ring's modes.
+    ``image_size`` ``None`` keeps the dataset's own size (digits: 8 px); ``limit`` is
+    training images per class.
     """
 
     data: GanDataConfig = section(GanDataConfig, title="data")
@@ -183,13 +191,20 @@ class GanConfig(Config):
                                "discriminators: add --discriminators K (K ≥ 2)")
 
     def resolved(self) -> GanConfig:
-        """The loss-dependent defaults filled in (returns a new config)."""
-        wgan = self.model.loss == "wgan-gp"
-        t = self.train
+        """The loss- and data-dependent defaults filled in (returns a new config)."""
+        wgan, toy = self.model.loss == "wgan-gp", self.toy
+        m, t = self.model, self.train
+
+        def pick(value: object, image: object, point: object) -> object:
+            return value if value is not None else (point if toy else image)
+
         return self.updated({
-            "model.n_critic": self.model.n_critic if self.model.n_critic is not None
-            else (5 if wgan else 1),
-            "train.lr": t.lr if t.lr is not None else (1e-4 if wgan else 2e-4),
+            "model.n_critic": m.n_critic if m.n_critic is not None else (5 if wgan else 1),
+            "model.width": pick(m.width, 32, 128),
+            "model.z_dim": pick(m.z_dim, 64, 2),
+            "train.epochs": pick(t.epochs, 2, 50),
+            "train.batch_size": pick(t.batch_size, 64, 256),
+            "train.lr": t.lr if t.lr is not None else (1e-4 if wgan else pick(None, 2e-4, 1e-3)),
             "train.betas": t.betas if t.betas is not None
             else ((0.0, 0.9) if wgan else (0.5, 0.999)),
         })
