@@ -189,8 +189,8 @@ def _one(job: tuple[dict[str, Any], int, bool]) -> dict[str, Any]:
     summary = run(cfg, resume=(folder / "config.json").exists())
     cpu = time.process_time() - cpu0  # this process's CPU seconds (1 thread)
     if old is not None:
-        summary.update({"rescored": True, "rescore_cpu_s": cpu,
-                        "cpu_s": (old.get("cpu_s") or 0.0) + cpu,
+        summary.update({"rescored": True, "rescore_cpu_s": cpu,  # cpu_s: training + 1 scoring
+                        "cpu_s": old.get("cpu_s"),
                         "load_average_1min_at_end": old.get("load_average_1min_at_end"),
                         "scores_before_rescore": {k: old.get(k) for k in SCORE_KEYS}})
     else:
