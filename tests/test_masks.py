@@ -134,3 +134,66 @@ def test_one_by_one_blocks_are_elementwise_with_per_sample_scale() -> None:
     kept = (per != 0).sum(1)
     assert torch.allclose(per.sum(1), torch.full((n,), float(per.shape[1]), dtype=per.dtype))
     assert abs(1 - kept.sum().item() / per.numel() - p) < band(p, per.numel())
+
+
+# --------------------------------------------------------------------------- DropBlock, index form
+def test_dropped_counts_equal_a_dense_count() -> None:
+    # random row starts (duplicates, overlaps, rows touching the right edge, samples with
+    # no block at all) against the union written densely
+    n, c, h, w, width = 5, 3, 6, 11, 4
+    g = gen(11)
+    per = c * h * w
+    plane = torch.randint(0, (n - 1) * c, (300,), generator=g)  # the last sample stays empty
+    starts = (plane * (h * w) + torch.randint(0, h, (300,), generator=g) * w
+              + torch.randint(0, w - width + 1, (300,), generator=g))
+    dense = torch.zeros(n * per)
+    dense[(starts[:, None] + torch.arange(width)).reshape(-1)] = 1.0
+    expected = dense.view(n, per).sum(1).to(torch.int64)
+    assert int(expected[-1]) == 0 and int(expected.max()) < per  # overlaps happen
+    for index in (torch.int32, torch.int64):
+        got = masks.dropped_counts(starts.to(index), n, per, width)
+        assert torch.equal(got, expected)
+    assert torch.equal(masks.dropped_counts(starts[:0], n, per, width), torch.zeros(n).long())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_index_form_equals_the_dense_mask_forward_and_backward(
+        channels_last: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(6, 5, 13, 16, dtype=torch.float64, generator=gen(12))
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    gamma = masks.seed_rate(13, 16, 4, 3, 0.3)
+    seeds = masks.draw_block_seeds(x, gamma, 4, 3, shared_channels=False, generator=gen(13))
+    keep = masks.dense_block_mask(seeds, x)
+    assert 0 < (keep == 0).double().mean().item() < 1
+    sample_bytes = 5 * 13 * 16 * 8
+    # chunks of 1 sample, of 2 samples, one pass: the same values, in x's layout
+    for chunk, count in ((1, 6), (2 * sample_bytes, 3), (1 << 40, 1)):
+        monkeypatch.setattr(masks, "CHUNK_BYTES", chunk)
+        plan = masks.BlockPlan(seeds, masks.BlockPlan.dense_strides(x))
+        assert len(plan.chunks) == count + 1
+        y = plan.apply(x)
+        assert torch.equal(y, x * keep) and y.stride() == x.stride()
+    # per-element writes (if torch refused the overlapping block view) agree too
+    monkeypatch.setattr(masks, "_fill_blocks", lambda *args: False)
+    assert torch.equal(masks.BlockPlan(seeds, x.stride()).apply(x), x * keep)
+
+
+def test_drop_block_gradient_is_the_mask_in_the_input_layout() -> None:
+    x = torch.randn(4, 6, 12, 12, generator=gen(14)).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = DF.drop_block(x, 0.25, block_size=3, generator=gen(15))
+    grad = torch.randn(4, 6, 12, 12, generator=gen(16))  # contiguous, unlike x
+    y.backward(grad)
+    assert x.grad is not None and x.grad.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        mask = DF.drop_block(torch.ones_like(x), 0.25, block_size=3, generator=gen(15))
+    assert torch.equal(x.grad, grad * mask) and torch.equal(y, x.detach() * mask)
+
+
+def test_drop_block_double_backward_and_empty_batch() -> None:
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64, generator=gen(17), requires_grad=True)
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return DF.drop_block(t, 0.3, block_size=3, generator=gen(18)) ** 2
+    assert torch.autograd.gradgradcheck(f, (x,))
+    assert DF.drop_block(torch.ones(0, 3, 8, 8), 0.1, block_size=3).shape == (0, 3, 8, 8)

@@ -12,7 +12,8 @@ Conventions shared by every function here:
   are drawn by :func:`droplab.masks.keep_mask`: on CPU from random bytes plus a sparse
   correction (exact, an eighth of the random bits of ``torch.rand``), elsewhere by
   thresholding ``torch.rand`` in float32 (float64 for float64 inputs); DropBlock masks
-  by :func:`droplab.masks.block_keep_mask` (seeds drawn as positions); the other kinds
+  by :func:`droplab.masks.draw_block_seeds` (seeds drawn as positions; per-channel masks
+  are applied in index form, :class:`droplab.masks.BlockPlan`); the other kinds
   threshold ``torch.rand``. Masks are cast to the input dtype, so float16/bfloat16
   inputs work.
 * Everything is differentiable with respect to ``x`` (and, for
@@ -211,6 +212,31 @@ def drop_connect(x: Tensor, p: float = 0.5, training: bool = True, *, weight: Te
 
 
 # --------------------------------------------------------------------------- structured
+class _BlockDrop(torch.autograd.Function):
+    """``x ↦ x · m`` for a per-channel DropBlock mask ``m`` that is never written.
+
+    Forward and backward are the same linear, self-adjoint map
+    (:meth:`droplab.masks.BlockPlan.apply`: scale each sample, zero the blocks by index),
+    so backward keeps only the plan (block corners), not a full-size mask, and its
+    gradient has the forward output's layout; a backward with ``create_graph=True`` goes
+    through this Function again, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,
+                plan: masks.BlockPlan) -> Tensor:
+        ctx.plan = plan  # type: ignore[attr-defined]  # index tensors, not inputs/outputs
+        return plan.apply(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: Tensor) -> tuple[Tensor, None]:
+        plan: masks.BlockPlan = ctx.plan  # type: ignore[attr-defined]
+        if torch.is_grad_enabled():  # create_graph: keep the backward differentiable
+            return _BlockDrop.apply(grad, plan), None
+        return plan.apply(grad), None
+
+
 def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: int = 7,
                shared_channels: bool = False,
                generator: torch.Generator | None = None) -> Tensor:
@@ -240,9 +266,15 @@ def drop_block(x: Tensor, p: float = 0.1, training: bool = True, *, block_size: 
     _, _, h, w = x.shape
     bh, bw = min(int(block_size), h), min(int(block_size), w)
     gamma = masks.seed_rate(h, w, bh, bw, float(p))
-    keep = masks.block_keep_mask(x, gamma, bh, bw, shared_channels=shared_channels,
-                                 generator=generator)
-    return x * keep.to(x.dtype)
+    if shared_channels or bh * bw == 1:  # a small (N, 1, H, W) or element-wise mask
+        keep = masks.block_keep_mask(x, gamma, bh, bw, shared_channels=shared_channels,
+                                     generator=generator)
+        return x * keep.to(x.dtype)
+    seeds = masks.draw_block_seeds(x, gamma, bh, bw, shared_channels=False, generator=generator)
+    plan = masks.BlockPlan(seeds, masks.BlockPlan.dense_strides(x))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _BlockDrop.apply(x, plan)
+    return plan.apply(x)
 
 
 def drop_path(x: Tensor, p: float = 0.1, training: bool = True, *, mode: str = "row",

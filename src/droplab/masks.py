@@ -22,11 +22,23 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["bernoulli_positions", "block_keep_mask", "keep_mask", "seed_rate"]
+__all__ = [
+    "BlockPlan",
+    "BlockSeeds",
+    "bernoulli_positions",
+    "block_keep_mask",
+    "dense_block_mask",
+    "draw_block_seeds",
+    "dropped_counts",
+    "keep_mask",
+    "seed_rate",
+]
 
 #: below this many elements the dense ``rand >= p`` draw is cheaper than the byte path
 BYTE_PATH_MIN = 16_384
@@ -83,21 +95,21 @@ def bernoulli_positions(total: int, prob: float, device: torch.device,
     distribution as thresholding ``total`` uniforms. ``0 < prob < 1``.
     """
     log_q = math.log1p(-prob)
-    parts: list[Tensor] = []
+    parts: list[Tensor] = [torch.empty(0, dtype=torch.int64, device=device)]
     start = 0  # index of the next trial not yet decided
     while start < total:
         mean = (total - start) * prob
         k = int(mean + 8.0 * math.sqrt(mean) + 16)
         u = torch.rand(k, generator=generator, device=device, dtype=torch.float64)
-        gaps = torch.floor(torch.log1p(-u) / log_q).to(torch.int64).add_(1)
+        gaps = u.neg_().log1p_().div_(log_q).floor_().to(torch.int64).add_(1)
         pos = torch.cumsum(gaps, 0).add_(start - 1)
         last = int(pos[-1])
-        if last >= total:
-            parts.append(pos[pos < total])
+        if last >= total:  # pos increases strictly: keep the prefix below total
+            parts.append(pos[:int(torch.searchsorted(pos, total))])
             break
         parts.append(pos)
         start = last + 1
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+    return torch.cat(parts) if len(parts) > 2 else parts[-1]
 
 
 # --------------------------------------------------------------------------- DropBlock
@@ -155,6 +167,191 @@ def _fill_rows(flat: Tensor, starts: Tensor, width: int) -> bool:
     return True
 
 
+def _fill_blocks(flat: Tensor, corners: Tensor, bh: int, bw: int, s_h: int, s_w: int) -> bool:
+    """Zero the ``bh × bw`` block (row stride ``s_h``, column stride ``s_w``) at each corner.
+
+    One indexed write per *block* through an overlapping ``(len - span + 1, bh, bw)`` view
+    of ``flat`` (any layout: ``s_w`` is 1 for NCHW, C for channels-last); 1.1–1.2× faster
+    than one write per block row, measured. False if torch refuses the overlapping view;
+    the caller then writes per element.
+    """
+    span = (bh - 1) * s_h + (bw - 1) * s_w + 1
+    try:
+        flat.as_strided((flat.numel() - span + 1, bh, bw), (1, s_h, s_w)).index_fill_(
+            0, corners, 0.0)
+    except RuntimeError:  # pragma: no cover - torch 2.14 accepts it
+        return False
+    return True
+
+
+def _element_offsets(corners: Tensor, bh: int, bw: int, s_h: int, s_w: int) -> Tensor:
+    """The flat offset of every element of the ``bh × bw`` block at each corner."""
+    inner = (torch.arange(bh, device=corners.device)[:, None] * s_h
+             + torch.arange(bw, device=corners.device) * s_w).reshape(-1)
+    return (corners[:, None] + inner).reshape(-1)
+
+
+class BlockSeeds(NamedTuple):
+    """One DropBlock draw: where the blocks are, and the per-sample scale they imply.
+
+    ``plane`` (``n * C + c``, sorted), ``row`` and ``col`` are the int64 top-left corners of
+    the dropped ``block`` on an (N, C, H, W) ``shape`` of maps (C = 1 with shared channels);
+    ``scale[n]`` is ``C·H·W / kept_n`` (float32, float64 for float64 inputs), the inverse
+    kept fraction of sample ``n`` (``C·H·W`` when nothing is kept), counted exactly from the
+    corners (:func:`dropped_counts`) before any map is written.
+    """
+
+    shape: tuple[int, int, int, int]
+    block: tuple[int, int]
+    plane: Tensor
+    row: Tensor
+    col: Tensor
+    scale: Tensor
+
+
+def dropped_counts(starts: Tensor, n: int, per_sample: int, width: int) -> Tensor:
+    """Exactly how many entries of each of ``n`` samples the block rows at ``starts`` cover.
+
+    ``starts`` (int32 or int64) are flat offsets in a contiguous (N, ·, H, W) layout of
+    ``per_sample`` entries per sample; each covers ``width`` entries of one map row, and every row start
+    lies at column ``≤ W - width``, so two starts ``< width`` apart always lie on the same
+    row. Sorted, start ``k`` then adds ``min(width, start_{k+1} - start_k)`` entries that no
+    later start covers (all intervals have the same width), the last one ``width``: the
+    union is counted exactly, overlaps and duplicates included, from about ``γ·N·C·H·W·bh``
+    integers instead of a pass over the whole mask. Sorting uses NumPy on CPU (its SIMD
+    sort of int32 is ~2× faster than ``torch.sort`` here).
+    """
+    if starts.numel() == 0:
+        return torch.zeros(n, dtype=torch.int64, device=starts.device)
+    if starts.device.type == "cpu":
+        key = torch.from_numpy(np.sort(starts.numpy()))
+    else:
+        key = torch.sort(starts).values
+    new = torch.empty(key.numel() + 1, dtype=key.dtype, device=key.device)
+    new[0] = 0
+    torch.clamp_max(torch.diff(key), width, out=new[1:-1])
+    new[-1] = width
+    total = torch.cumsum(new, 0, dtype=torch.int64)
+    bounds = torch.searchsorted(
+        key, torch.arange(n + 1, dtype=torch.int64, device=key.device) * per_sample)
+    return total[bounds[1:]] - total[bounds[:-1]]
+
+
+def draw_block_seeds(x: Tensor, gamma: float, bh: int, bw: int, *, shared_channels: bool,
+                     generator: torch.Generator | None = None) -> BlockSeeds:
+    """Draw DropBlock seeds for ``x`` (N, C, H, W) and count each sample's kept entries.
+
+    Seeds are i.i.d. Bernoulli(γ) on the valid region ``(H-bh+1) × (W-bw+1)`` of every map
+    (one map per channel, or one per sample with ``shared_channels``), drawn as positions
+    (:func:`bernoulli_positions`); each seed drops the ``bh × bw`` block below/right of it.
+    """
+    n, c, h, w = x.shape
+    c = 1 if shared_channels else c
+    hs, ws = h - bh + 1, w - bw + 1
+    seeds = bernoulli_positions(n * c * hs * ws, gamma, x.device, generator)
+    plane = torch.div(seeds, hs * ws, rounding_mode="floor")
+    rest = seeds - plane * (hs * ws)
+    row = torch.div(rest, ws, rounding_mode="floor")
+    col = rest - row * ws
+    per = c * h * w
+    index = torch.int32 if n * per < 2**31 else torch.int64  # int32 sorts ~3× faster
+    starts = ((plane * (h * w) + row * w + col).to(index)[:, None]
+              + torch.arange(0, bh * w, w, dtype=index, device=x.device)).reshape(-1)
+    kept = (per - dropped_counts(starts, n, per, bw)).clamp_min_(1)
+    dtype = _uniform_dtype(x.dtype)
+    # kept < 2^24 is exact in float32; larger maps divide in float64 (as a float32 sum would not)
+    scale = (per / kept.to(dtype) if dtype == torch.float64 or per < 2**24
+             else (per / kept.to(torch.float64)).to(dtype))
+    return BlockSeeds((n, c, h, w), (bh, bw), plane, row, col, scale)
+
+
+def _corners(seeds: BlockSeeds, strides: tuple[int, ...]) -> Tensor:
+    """Flat offsets of the blocks' top-left entries in a tensor of ``strides``."""
+    c = seeds.shape[1]
+    s_n, s_c, s_h, s_w = strides
+    if s_n == c * s_c:  # samples and channels fold into one plane index (NCHW)
+        return seeds.plane * s_c + seeds.row * s_h + seeds.col * s_w
+    sample = torch.div(seeds.plane, c, rounding_mode="floor")
+    return sample * s_n + (seeds.plane - sample * c) * s_c + seeds.row * s_h + seeds.col * s_w
+
+
+def dense_block_mask(seeds: BlockSeeds, like: Tensor) -> Tensor:
+    """The scaled keep mask of ``seeds``: ``scale[n]`` outside the blocks, 0 inside.
+
+    Shape ``seeds.shape``, ``like``'s memory format (channels-last when ``like`` is), the
+    dtype of ``seeds.scale``: written in one pass (each sample filled with its scale), then
+    the blocks zeroed one indexed write per block row.
+    """
+    n, c, h, w = seeds.shape
+    bh, bw = seeds.block
+    strides = _layout(seeds.shape, like)
+    keep = torch.empty_strided(seeds.shape, strides, dtype=seeds.scale.dtype,
+                               device=like.device)
+    flat = keep.as_strided((keep.numel(),), (1,))
+    per = c * h * w
+    flat.view(n, per).copy_(seeds.scale[:, None].expand(n, per))
+    corner = _corners(seeds, strides)
+    rows = torch.arange(bh, device=like.device) * strides[2]
+    if not (strides[3] == 1 and _fill_rows(flat, (corner[:, None] + rows).reshape(-1), bw)):
+        flat.index_fill_(0, _element_offsets(corner, bh, bw, strides[2], strides[3]), 0.0)
+    return keep
+
+
+#: on CPU, :class:`BlockPlan` scales and zeroes this many bytes of samples at a time, so
+#: the zeroing writes hit the cache lines the scaling just wrote (measured on a busy 2-core
+#: EPYC: 2–4 MiB chunks ~10 % faster than one pass over a 25 MiB tensor, 1 sample slower)
+CHUNK_BYTES = 3 << 20
+
+
+class BlockPlan:
+    """The per-channel DropBlock mask of ``seeds`` in index form, for tensors of ``strides``.
+
+    :meth:`apply` computes ``t * m`` without ever writing ``m``: ``out[n] = t[n] * scale[n]``
+    (one pass), then every seeded block of ``out`` is zeroed by one indexed write per
+    block. ``out`` gets ``strides`` (NCHW, channels-last or any dense layout), whatever
+    the layout of ``t``. The block corners (flat offsets in that layout) and, on CPU, the
+    chunks of samples (:data:`CHUNK_BYTES`) are computed once, so the same plan serves the
+    forward and the backward pass: the map is linear and self-adjoint (a fixed diagonal).
+    """
+
+    def __init__(self, seeds: BlockSeeds, strides: tuple[int, ...]) -> None:
+        n, c, h, w = seeds.shape
+        self.seeds, self.strides = seeds, tuple(strides)
+        self.corners = _corners(seeds, self.strides)
+        per_sample = c * h * w
+        step = max(n, 1)
+        if seeds.plane.device.type == "cpu" and self.strides[0] == per_sample:
+            # samples are outermost in memory: chunk them (elsewhere, one pass is better)
+            step = max(1, CHUNK_BYTES // (per_sample * seeds.scale.element_size()))
+        self.chunks = [*range(0, n, step), n]
+        self.bounds = [0, self.corners.numel()] if len(self.chunks) <= 2 else (
+            torch.searchsorted(seeds.plane, torch.tensor(self.chunks) * c).tolist())
+
+    @staticmethod
+    def dense_strides(like: Tensor) -> tuple[int, ...]:
+        """The strides ``torch.empty_like(like)`` would get (no memory is allocated)."""
+        return torch.empty_like(like, device="meta").stride()
+
+    def apply(self, t: Tensor) -> Tensor:
+        """``t`` times the mask (see the class docstring); ``t`` has ``seeds.shape``."""
+        n = t.shape[0]
+        bh, bw = self.seeds.block
+        _, _, s_h, s_w = self.strides
+        out = torch.empty_strided(t.shape, self.strides, dtype=t.dtype, device=t.device)
+        flat = out.as_strided((out.numel(),), (1,))
+        scale = self.seeds.scale.to(t.dtype).view(n, 1, 1, 1)
+        for j in range(len(self.chunks) - 1):
+            lo, hi = self.chunks[j], self.chunks[j + 1]
+            if hi - lo == n:
+                torch.mul(t, scale, out=out)
+            else:
+                torch.mul(t[lo:hi], scale[lo:hi], out=out[lo:hi])
+            part = self.corners[self.bounds[j]:self.bounds[j + 1]]
+            if part.numel() and not _fill_blocks(flat, part, bh, bw, s_h, s_w):
+                flat.index_fill_(0, _element_offsets(part, bh, bw, s_h, s_w), 0.0)
+        return out
+
+
 def block_keep_mask(x: Tensor, gamma: float, bh: int, bw: int, *, shared_channels: bool,
                     generator: torch.Generator | None = None) -> Tensor:
     """DropBlock's scaled keep mask for ``x`` (N, C, H, W): ``m_n * |m_n| / Σ m_n``.
@@ -164,31 +361,20 @@ def block_keep_mask(x: Tensor, gamma: float, bh: int, bw: int, *, shared_channel
     positions; each seed zeroes the ``bh × bw`` block below/right of it. Each sample's
     mask is then scaled by the inverse of its kept fraction (0 when nothing is kept).
     The mask has shape (N, C or 1, H, W) and ``x``'s memory format, dtype float32
-    (float64 for float64 inputs).
+    (float64 for float64 inputs). :func:`draw_block_seeds` + :func:`dense_block_mask`;
+    per-channel DropBlock on the hot path never writes the mask (:class:`BlockPlan`).
     """
+    if bh * bw != 1:
+        return dense_block_mask(draw_block_seeds(x, gamma, bh, bw,
+                                                 shared_channels=shared_channels,
+                                                 generator=generator), x)
+    # 1 × 1 blocks: element-wise dropout with rate γ, then the per-sample scale
     n, c, h, w = x.shape
     c = 1 if shared_channels else c
     dtype = _uniform_dtype(x.dtype)
-    strides = _layout((n, c, h, w), x)
     total = n * c * h * w
-    if bh * bw == 1:  # 1 × 1 blocks: element-wise dropout with rate γ
-        flat = keep_mask((total,), gamma, dtype=dtype, device=x.device, generator=generator)
-        keep = flat.as_strided((n, c, h, w), strides)
-    else:
-        hs, ws = h - bh + 1, w - bw + 1
-        seeds = bernoulli_positions(n * c * hs * ws, gamma, x.device, generator)
-        s_n, s_c, s_h, s_w = strides
-        plane, rest = torch.div(seeds, hs * ws, rounding_mode="floor"), seeds % (hs * ws)
-        row, col = torch.div(rest, ws, rounding_mode="floor"), rest % ws
-        corner = (torch.div(plane, c, rounding_mode="floor") * s_n + plane % c * s_c
-                  + row * s_h + col * s_w)
-        keep = torch.empty_strided((n, c, h, w), strides, dtype=dtype, device=x.device)
-        flat = keep.as_strided((total,), (1,)).fill_(1.0)
-        rows = torch.arange(bh, device=x.device) * s_h
-        if not (s_w == 1 and _fill_rows(flat, (corner[:, None] + rows).reshape(-1), bw)):
-            cols = torch.arange(bw, device=x.device) * s_w
-            flat.index_fill_(0, (corner[:, None] + (rows[:, None] + cols).reshape(-1))
-                             .reshape(-1), 0.0)
+    flat = keep_mask((total,), gamma, dtype=dtype, device=x.device, generator=generator)
+    keep = flat.as_strided((n, c, h, w), _layout((n, c, h, w), x))
     per_sample = flat.view(n, -1)  # samples are the outermost dimension in both layouts
     exact = dtype == torch.float64 or per_sample.shape[1] < 2**24
     kept = per_sample.sum(1, dtype=None if exact else torch.float64).clamp_min_(1.0)
