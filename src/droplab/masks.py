@@ -304,7 +304,7 @@ def dense_block_mask(seeds: BlockSeeds, like: Tensor) -> Tensor:
 
 #: on CPU, :class:`BlockPlan` scales and zeroes this many bytes of samples at a time, so
 #: the zeroing writes hit the cache lines the scaling just wrote (measured on a busy 2-core
-#: EPYC: 2–4 MiB chunks ~10 % faster than one pass over a 25 MiB tensor, 1 sample slower)
+#: EPYC: 2–4 MiB chunks 10–18 % faster than one pass over a 25 MiB tensor, 1 MiB slower)
 CHUNK_BYTES = 3 << 20
 
 
