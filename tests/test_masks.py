@@ -157,7 +157,7 @@ def test_dropped_counts_equal_a_dense_count() -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_index_form_equals_the_dense_mask_forward_and_backward(
+def test_index_form_equals_the_dense_mask_in_every_chunking(
         channels_last: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(6, 5, 13, 16, dtype=torch.float64, generator=gen(12))
     if channels_last:
