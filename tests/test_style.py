@@ -27,20 +27,12 @@ from droplab.models.style import (
 from droplab.runs.restore import load_style_net as load_transformer
 from droplab.tasks.style import parse_style_spec, parse_styles
 from droplab.uncertainty import mc_mode
+from style_helpers import offline, run_cli
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No weight downloads in tests, and an empty torch hub cache."""
-    monkeypatch.setenv("DROPLAB_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, dict, str]:
-    code = main([*args, "--json", "--device", "cpu"])
-    out, err = capsys.readouterr()
-    summary = json.loads(out.strip().splitlines()[-1]) if code == 0 else {}
-    return code, summary, err
+    offline(monkeypatch, tmp_path)
 
 
 # -- style specs ----------------------------------------------------------------------------

@@ -20,19 +20,12 @@ from droplab.models.style import (
     mean_std,
     net_options,
 )
+from style_helpers import offline, run_cli
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("DROPLAB_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, dict, str]:
-    code = main([*args, "--json", "--device", "cpu"])
-    out, err = capsys.readouterr()
-    summary = json.loads(out.strip().splitlines()[-1]) if code == 0 else {}
-    return code, summary, err
+    offline(monkeypatch, tmp_path)
 
 
 def _photo(name: str, size: tuple[int, int]) -> Image.Image:
