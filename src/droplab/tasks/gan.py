@@ -37,14 +37,11 @@ from typing import Any
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 from torchvision.utils import save_image
 
 from droplab.data.toy2d import Mixture
-from droplab.engine.classifier import ClassifyConfig, train_classifier
 from droplab.engine.gan import (
     GanConfig,
-    GanData,
     GanTrainer,
     build_nets,
     ema_update,
@@ -53,16 +50,18 @@ from droplab.engine.gan import (
 )
 from droplab.engine.resume import finished_summary, open_run, resume_point
 from droplab.errors import InvalidValue
-from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures, gan_scores, mode_coverage
-from droplab.evaluate.gan_modes import StackedFeatures, point_scores
+from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures
+from droplab.evaluate.gan_run import (
+    STACKED_MODE_SAMPLES,
+    evaluate_images,
+    evaluate_points,
+    feature_extractor,
+    train_feature_classifier,
+)
 from droplab.runs import RunDir, atomic_write_bytes
 from droplab.runtime import resolve_device, seed_everything
 
 TASK = "gan"
-#: samples classified for the Stacked-MNIST mode count (VEEGAN and PacGAN use 26,000)
-STACKED_MODE_SAMPLES = 26_000
-
-Extractor = ClassifierFeatures | StackedFeatures
 
 
 # -- pictures -------------------------------------------------------------------------------
@@ -97,70 +96,12 @@ def save_scatter(points: torch.Tensor, mix: Mixture, paths: list[Path]) -> None:
         atomic_write_bytes(p, buf.getvalue())
 
 
-# -- scoring --------------------------------------------------------------------------------
-
-
-def _classifier_config(cfg: GanConfig, out: Path) -> ClassifyConfig:
-    d, ev = cfg.data, cfg.eval
-    dataset = "mnist" if d.dataset == "stacked-mnist" else d.dataset
-    model = ev.classifier_model if ev.classifier_model != "auto" else (
-        "mlp" if dataset == "digits" else "lenet")
-    return ClassifyConfig.build(
-        dataset=dataset, data_root=d.data_root, classes=None if dataset != d.dataset else d.classes,
-        limit=d.limit, image_size=None if dataset != d.dataset else d.image_size, model=model,
-        epochs=ev.classifier_epochs, seed=cfg.run.seed, device=cfg.run.device, out=str(out),
-        download=d.download,
-    )
+# -- scoring (the recipe is droplab.evaluate.gan_run's; droplab sweep --task gan uses it too)
 
 
 def _train_classifier(cfg: GanConfig, run: RunDir, device: torch.device) -> ClassifierFeatures:
-    """Train a small classifier on the GAN's dataset (MNIST for Stacked MNIST) into
-    ``<out>/classifier`` (the library's ``droplab train`` recipe; reused when it is already
-    there, e.g. on ``--resume``) and return its feature extractor."""
-    out = run / "classifier"
-    if not (out / "summary.json").exists():
-        train_classifier(_classifier_config(cfg, out), resume=(out / "config.json").exists())
-    return ClassifierFeatures.from_run(out, device)
-
-
-def feature_extractor(cfg: GanConfig, features: ClassifierFeatures) -> Extractor:
-    """The extractor that scores this dataset: per channel for Stacked MNIST."""
-    return StackedFeatures(features) if cfg.data.dataset == "stacked-mnist" else features
-
-
-def evaluate_images(cfg: GanConfig, g: nn.Module, data: GanData, extractor: Extractor,
-                    inception: InceptionFeatures | None = None) -> dict[str, Any]:
-    """Score ``eval_samples`` generated images against as many held-out real ones; the mode
-    count uses ``mode_samples`` samples (Stacked MNIST: 26,000, a mode counted from one
-    sample, as VEEGAN and PacGAN do; else classes with ≥ 1 % of the samples)."""
-    ev, seed = cfg.eval, cfg.run.seed
-    device = next(g.parameters()).device
-    real = data.real(ev.eval_real, ev.eval_samples, seed + 3)
-    fake = sample(g, ev.eval_samples, seed=seed + 4, device=device)
-    stacked = isinstance(extractor, StackedFeatures)
-    min_count = 1 if stacked else None
-    scores = gan_scores(real, fake, extractor, seed=seed, inception=inception,
-                        mode_min_count=min_count)
-    n_modes = ev.mode_samples or (STACKED_MODE_SAMPLES if stacked else ev.eval_samples)
-    if n_modes != ev.eval_samples:
-        more = sample(g, n_modes, seed=seed + 6, device=device)
-        preds = (extractor.modes(more) if isinstance(extractor, StackedFeatures)
-                 else extractor(more)[1].argmax(1))
-        scores.update(mode_coverage(preds, extractor.num_classes, min_count=min_count))
-    return {**scores, "modes": scores["modes_covered"], "num_modes": extractor.num_classes,
-            "mode_samples": n_modes, "mode_rule": "≥ 1 sample" if stacked else "≥ 1 % of samples",
-            "eval_real": ev.eval_real}
-
-
-def evaluate_points(cfg: GanConfig, g: nn.Module, data: GanData) -> dict[str, Any]:
-    """Score 2-D samples: modes hit, high-quality share, KL, Fréchet distance, density/coverage."""
-    ev, seed = cfg.eval, cfg.run.seed
-    assert data.mixture is not None
-    real = data.real(ev.eval_real, ev.eval_samples, seed + 3)
-    n = ev.mode_samples or ev.eval_samples
-    fake = sample(g, n, seed=seed + 4, device=next(g.parameters()).device)
-    scores = point_scores(real, fake, data.mixture)
-    return {**scores, "modes": scores["modes_hit"], "eval_real": ev.eval_real}
+    """The on-the-fly feature classifier of this run, in ``<out>/classifier``."""
+    return train_feature_classifier(cfg, run / "classifier", device)
 
 
 def _read_summary(path: str) -> dict[str, Any] | None:
@@ -261,6 +202,7 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
 
 
 __all__ = [
+    "STACKED_MODE_SAMPLES",
     "TASK",
     "GanConfig",
     "GanTrainer",

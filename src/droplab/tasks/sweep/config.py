@@ -1,7 +1,9 @@
 """The sweep's configuration, declared once (:mod:`droplab.config`): the search space, the
-objective(s) and the pick, the study and its workers, and the ``droplab train`` setup each
-setting is trained with — the same data / model / training / run sections the classify
-task nests, so ``--epochs`` or ``--classes`` is written in one place.
+objective(s) and the pick, the study and its workers, and the setup each setting is trained
+with — ``--task classify`` (default): the same data / model / training / run sections the
+classify task nests, so ``--epochs`` or ``--classes`` is written in one place; ``--task
+gan``: the discriminator's dropout of a ``droplab gan`` setup (:mod:`.gan_config`), each
+fold a seed, scored on held-out real images.
 
 No Optuna here: the CLI builds its parser from this module without importing the study
 machinery.
@@ -14,25 +16,39 @@ from dataclasses import dataclass
 from typing import Any
 
 from droplab.config import Config, option, section
+from droplab.data.toy2d import TOY_DATASETS
 from droplab.engine.config import ClassifyDataConfig, RunConfig, TrainConfig
+from droplab.engine.gan_config import GanConfig
 from droplab.errors import InvalidValue
 from droplab.evaluate.robustness import ATTACKS, check_attack
 from droplab.layers import KINDS
 from droplab.models import ModelConfig
 from droplab.models.classifiers import WHERE
-from droplab.tasks.sweep.space import SearchSpace
+from droplab.tasks.sweep.gan_config import SweepGanConfig, fold_gan_config
+from droplab.tasks.sweep.space import WHERES, SearchSpace
 
 #: objective name → direction
 OBJECTIVES: dict[str, str] = {"acc": "maximize", "nll": "minimize", "ece": "minimize",
-                              "robust": "maximize"}
+                              "robust": "maximize", "fid": "minimize", "kid": "minimize",
+                              "modes": "maximize", "kl": "minimize"}
 #: objective name → key of the per-fold metrics dict
-OBJECTIVE_METRIC = {"acc": "acc", "nll": "nll", "ece": "ece", "robust": "robust_acc"}
+OBJECTIVE_METRIC = {"acc": "acc", "nll": "nll", "ece": "ece", "robust": "robust_acc",
+                    "fid": "fid", "kid": "kid", "modes": "modes", "kl": "kl"}
+#: what a sweep trains (``--task``) → the objectives that apply to it
+TASK_OBJECTIVES: dict[str, tuple[str, ...]] = {"classify": ("acc", "nll", "ece", "robust"),
+                                               "gan": ("fid", "kid", "modes", "kl")}
+#: the placements of the searched rate, per task (the first is the default)
+TASK_WHERES: dict[str, tuple[str, ...]] = {"classify": WHERES, "gan": ("hidden", "input", "all")}
 SAMPLERS = ("grid", "tpe", "random", "nsga2")
 PRUNERS = ("none", "median", "hyperband")
 #: how the setting refitted and scored on test is chosen (see :mod:`droplab.tasks.sweep.stats`)
 PICKS = ("auto", "best", "1se", "knee")
 #: every metric a trial records per fold, whatever the objective
 METRIC_KEYS = ("acc", "nll", "ece", "robust_acc", "train_acc", "gap")
+#: the same for a GAN sweep (2-D points: no KID, but the share of high-quality samples)
+GAN_METRIC_KEYS = ("fid", "kid", "modes", "kl", "density", "coverage", "precision", "recall",
+                   "high_quality")
+TASK_METRIC_KEYS = {"classify": METRIC_KEYS, "gan": GAN_METRIC_KEYS}
 
 
 @dataclass
@@ -68,10 +84,18 @@ class SweepConfig(Config):
     torch's intra-op threads per worker (default: CPU cores ÷ workers).
     """
 
+    sweep_task: str = option("classify", choices=tuple(TASK_OBJECTIVES), flag="--task",
+                             what="sweep task",
+                             help="what each setting trains: classify (a `droplab train` "
+                             "classifier) or gan (a `droplab gan` GAN; the rates are its "
+                             "discriminator's dropout)")
     space: SearchSpace = section(SearchSpace, title="search space")
-    folds: int = option(5, ge=2, help="stratified cross-validation folds")
-    objective: str = option("acc", choices=tuple(OBJECTIVES),
-                            help="what the study optimises: acc, nll, ece or robust")
+    folds: int = option(5, ge=2, help="stratified cross-validation folds (--task gan: seeds, "
+                        "each training on the whole training split)")
+    objective: str | None = option(None, choices=tuple(OBJECTIVES),
+                                   help="what the study optimises: acc, nll, ece or robust "
+                                   "(default acc); --task gan: fid, kid, modes or kl on "
+                                   "held-out real images (default fid)")
     objectives: list[str] | None = option(None, choices=tuple(OBJECTIVES), metavar="OBJ,…",
                                           help="several objectives at once, e.g. acc,ece: a "
                                           "multi-objective study, its Pareto front and knee")
@@ -117,10 +141,17 @@ class SweepConfig(Config):
     train: TrainConfig = section(lambda: TrainConfig(batch_size=32),
                                  title="training (as in droplab train)")
     run: RunConfig = section(RunConfig, title="run")
+    gan: SweepGanConfig = section(SweepGanConfig, title="GAN setup (--task gan)")
 
     def validate(self) -> None:
+        if self.objective is None:
+            self.objective = TASK_OBJECTIVES[self.sweep_task][0]
+        if self.space.wheres is None:  # the task's own default placement
+            self.space = self.space.updated({"wheres": [TASK_WHERES[self.sweep_task][0]]})
+        self._check_task()
         space = self.space
-        space.check_model(self.model.name)
+        if self.sweep_task == "classify":
+            space.check_model(self.model.name)
         check_attack(self.attack, self.eps, self.attack_steps, self.attack_alpha)
         if self.objectives is not None:
             if not self.objectives:
@@ -145,12 +176,54 @@ class SweepConfig(Config):
                                f"({self.grace_period} <= {self.heartbeat_interval})")
         if self.join and not (self.storage and self.study_name):
             raise InvalidValue("--join needs the shared --storage URL and the --study-name to join")
+        if self.sweep_task == "gan":  # droplab gan's own checks, on the first setting
+            first = {"rate": 0.0, "kind": space.kinds[0], "where": (space.wheres or ["hidden"])[0]}
+            self.fold_gan_config(first, 0)
+
+    def _check_task(self) -> None:
+        """Objectives and placements that belong to the other task: one line each."""
+        task, fits = self.sweep_task, TASK_OBJECTIVES[self.sweep_task]
+        for name, flag in ((self.objective, "--objective"), *((o, "--objectives")
+                                                              for o in self.objectives or ())):
+            if name not in fits:
+                other = next(t for t, objs in TASK_OBJECTIVES.items() if name in objs)
+                raise InvalidValue(f"{flag} {name} is a {other} objective and does not apply "
+                                   f"to --task {task}; use one of {', '.join(fits)}")
+        wheres = TASK_WHERES[task]
+        bad = [w for w in self.space.wheres or () if w not in wheres]
+        if bad:
+            raise InvalidValue(f"--wheres {bad[0]} is not a placement of --task {task}; use "
+                               f"{', '.join(wheres)}"
+                               + (" (the discriminator's)" if task == "gan" else ""))
+        if task != "gan":
+            return
+        for flag, value in (("--input-rates", self.space.input_rates),
+                            ("--conv-rates", self.space.conv_rates),
+                            ("--schedules", self.space.schedules)):
+            if value is not None:
+                raise InvalidValue(f"{flag} searches a classifier's dropout and does not apply "
+                                   "to --task gan; search the discriminator's with --rates, "
+                                   "--kinds and --wheres")
+        toy = self.data.dataset in TOY_DATASETS
+        if toy and "kid" in self.objective_list:
+            raise InvalidValue(f"--objective kid compares image features; {self.data.dataset} "
+                               "is a 2-D dataset: use fid, modes or kl")
+
+    def fold_gan_config(self, params: dict[str, Any], seed: int) -> GanConfig:
+        """The ``droplab gan`` config of one fold of a GAN sweep (``--task gan``)."""
+        return fold_gan_config(self.gan, self.data, self.train, self.run, params, seed)
 
     # -- derived ----------------------------------------------------------------------------
     @property
     def objective_list(self) -> list[str]:
         """The objectives in order (the first one decides ``best`` and ``1se``)."""
+        assert self.objective is not None  # set by validate()
         return list(self.objectives) if self.objectives else [self.objective]
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        """Every metric a trial of this task records per fold."""
+        return TASK_METRIC_KEYS[self.sweep_task]
 
     @property
     def multi(self) -> bool:
@@ -185,6 +258,9 @@ class SweepConfig(Config):
             base["model"].pop(k, None)
         base["train"].pop("tensorboard", None)
         base["seed"] = self.seed
+        if self.sweep_task != "classify":  # (a classify study's record is that of release 0.2)
+            base["task"] = self.sweep_task
+            base["gan"] = self.gan.to_dict()
         return {"space": self.space.record(), "folds": int(self.folds),
                 "objectives": self.objective_list, "sampler": self.sampler,
                 "n_trials": self.target_trials,
@@ -195,6 +271,8 @@ class SweepConfig(Config):
     def from_dict(cls, data: Mapping[str, Any], base: Any = None) -> SweepConfig:
         """Also reads the ``config.json`` of release 0.1 (the train options under ``base``)."""
         data = dict(data)
+        if data.get("task") not in TASK_OBJECTIVES:  # config.json's run kind ("sweep")
+            data.pop("task", None)
         legacy = data.pop("base", None)
         if isinstance(legacy, Mapping):
             data = {**legacy, **data}

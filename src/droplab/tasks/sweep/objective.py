@@ -23,7 +23,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import torch
@@ -46,6 +46,8 @@ from droplab.uncertainty import expected_calibration_error, negative_log_likelih
 
 #: a rate no user gives, to tell which dropout modules a build put where
 _TAG = 0.4142135
+#: called after each epoch but the last with (epoch index from 0, metrics of the model then)
+EpochHook = Callable[[int, dict[str, float]], None]
 
 
 class Surplus(Exception):
@@ -115,6 +117,24 @@ def load_bundle(cfg: SweepConfig) -> D.DatasetBundle:
                           seed=cfg.seed, download=d.download, limit=d.limit)
 
 
+class FoldScorer(Protocol):
+    """What the Optuna objective needs from a worker's setup: a classify sweep's
+    :class:`Prepared` or a GAN sweep's :class:`~droplab.tasks.sweep.gan_objective.GanPrepared`."""
+
+    cfg: SweepConfig
+
+    @property
+    def n_folds(self) -> int: ...
+
+    def score_fold(self, params: dict[str, Any], fold: int,
+                   on_epoch: EpochHook | None = None) -> dict[str, float]: ...
+
+    def refit_and_test(self, params: dict[str, Any]) -> dict[str, float]: ...
+
+    def ready(self) -> None:
+        """Work that needs the run folder, done once before the search."""
+
+
 class Prepared:
     """The dataset, folds and device one worker needs, loaded once (``bundle``: data already
     in memory, e.g. a benchmark's training subsets of one decoded dataset)."""
@@ -124,6 +144,23 @@ class Prepared:
         self.device = resolve_device(cfg.run.device)
         self.bundle = bundle if bundle is not None else load_bundle(cfg)
         self.folds = D.kfold_splits(self.bundle.train.labels, int(cfg.folds), seed=cfg.seed)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    def score_fold(self, params: dict[str, Any], fold: int,
+                   on_epoch: EpochHook | None = None) -> dict[str, float]:
+        """Train on fold ``fold``'s training part, score on its validation part."""
+        tr, va = self.folds[fold]
+        return train_and_score(self, params, tr, self.bundle.train, va,
+                               fold_seed(self.cfg.seed, fold), on_epoch=on_epoch)
+
+    def refit_and_test(self, params: dict[str, Any]) -> dict[str, float]:
+        return refit_and_test(self, params)
+
+    def ready(self) -> None:
+        """Nothing: a classify sweep needs nothing but its folds."""
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -138,8 +175,6 @@ def prob_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
             "ece": float(expected_calibration_error(probs, labels))}
 
 
-#: called after each epoch but the last with (epoch index from 0, metrics of the model then)
-EpochHook = Callable[[int, dict[str, float]], None]
 
 
 def train_and_score(
@@ -212,7 +247,7 @@ class Objective:
     """The Optuna objective: k-fold CV of one setting; its value is the CV mean of each
     objective's metric (a tuple for a multi-objective study)."""
 
-    def __init__(self, prep: Prepared) -> None:
+    def __init__(self, prep: FoldScorer) -> None:
         self.prep = prep
 
     def _repeat(self, trial: optuna.Trial, params: dict[str, Any]) -> Any:
@@ -248,15 +283,14 @@ class Objective:
         epochs = cfg.train.epochs
         folds: list[dict[str, float]] = []
         trial.set_user_attr("folds", folds)  # the folds finished so far (none if pruned early)
-        for i, (tr, va) in enumerate(self.prep.folds):
+        for i in range(self.prep.n_folds):
             hook = None
             if prune and metrics[0] != "robust_acc":
                 def hook(epoch: int, m: dict[str, float], fold: int = i) -> None:
                     trial.report(m[metrics[0]], step_of(fold, epoch, epochs))
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at fold {fold}, epoch {epoch + 1}")
-            m = train_and_score(self.prep, params, tr, self.prep.bundle.train, va,
-                                fold_seed(cfg.seed, i), on_epoch=hook)
+            m = self.prep.score_fold(params, i, on_epoch=hook)
             folds.append(m)
             trial.set_user_attr("folds", folds)
             if not cfg.multi:  # progress for the dashboard and pruners (not multi-objective)

@@ -1,5 +1,6 @@
-"""Figures of a sweep: CV score, train–validation gap and robust accuracy against the rate,
-and (several objectives) the Pareto front with its knee."""
+"""Figures of a sweep: CV score, train–validation gap and robust accuracy against the rate
+(a GAN sweep: its objective's mean ± std over seeds only), and (several objectives) the
+Pareto front with its knee."""
 
 from __future__ import annotations
 
@@ -33,10 +34,14 @@ def plot_sweep(rows: list[dict[str, Any]], cfg: SweepConfig, out: Path,
     rate; with several objectives also ``pareto_front.png``. Returns the files written."""
     metric = OBJECTIVE_METRIC[cfg.objective_list[0]]
     continuous = not cfg.space.dims[0].discrete
-    specs = [("cv_vs_rate.png", metric, f"CV {metric} ({cfg.folds}-fold, mean ± std)"),
-             ("gap_vs_rate.png", "gap", "train − validation accuracy"),
-             ("robust_vs_rate.png", "robust_acc",
-              f"robust accuracy ({cfg.attack.upper()}, ε={cfg.eps:g})")]
+    gan = cfg.sweep_task == "gan"
+    specs = [("cv_vs_rate.png", metric, f"CV {metric} ({cfg.folds}-fold, mean ± std)")]
+    if gan:
+        specs = [("cv_vs_rate.png", metric, f"held-out {metric} ({cfg.folds} seeds, mean ± std)")]
+    else:
+        specs += [("gap_vs_rate.png", "gap", "train − validation accuracy"),
+                  ("robust_vs_rate.png", "robust_acc",
+                   f"robust accuracy ({cfg.attack.upper()}, ε={cfg.eps:g})")]
     groups = _series(rows, cfg)
     paths = []
     for fname, key, ylabel in specs:
@@ -55,7 +60,8 @@ def plot_sweep(rows: list[dict[str, Any]], cfg: SweepConfig, out: Path,
             p = chosen["pick"]
             ax.plot([float(p["rate"])], [p["cv_score"]], marker="*", markersize=14,
                     color="black", linestyle="none", label=f"pick ({p['rule']})")
-        ax.set_xlabel("dropout rate p (drop probability)")
+        ax.set_xlabel("discriminator dropout rate p (drop probability)" if gan
+                      else "dropout rate p (drop probability)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

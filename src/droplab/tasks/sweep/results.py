@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from droplab.tasks.sweep.config import METRIC_KEYS, OBJECTIVE_METRIC, SweepConfig
+from droplab.tasks.sweep.config import OBJECTIVE_METRIC, SweepConfig
 from droplab.tasks.sweep.progress import SURPLUS, counted
 from droplab.tasks.sweep.space import RATE_PARAMS
 
@@ -44,7 +44,8 @@ def _row(params: dict[str, Any], t: FrozenTrial | None, cfg: SweepConfig) -> dic
     values = list(t.values) if t.values is not None else None
     row.update(state=t.state.name.lower(), trial=t.number, folds_done=len(folds),
                value=values[0] if values else None,
-               cv={k: mean_std([f[k] for f in folds]) for k in METRIC_KEYS},
+               cv={k: mean_std([f.get(k) for f in folds]) for k in cfg.metric_keys
+                   if any(k in f for f in folds) or not folds},
                per_fold={OBJECTIVE_METRIC[o]: [f[OBJECTIVE_METRIC[o]] for f in folds]
                          for o in cfg.objective_list})
     if cfg.multi:

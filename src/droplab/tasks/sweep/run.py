@@ -20,10 +20,11 @@ from optuna.trial import TrialState
 from droplab.engine.resume import open_run
 from droplab.errors import InvalidValue, ResumeError, UserError
 from droplab.runs import RunDir, atomic_open, default_run_dir, to_jsonable
-from droplab.tasks.sweep.config import SweepConfig
-from droplab.tasks.sweep.objective import Prepared, refit_and_test
+from droplab.tasks.sweep.config import OBJECTIVE_METRIC, SweepConfig
+from droplab.tasks.sweep.objective import FoldScorer
 from droplab.tasks.sweep.pick import choose
 from droplab.tasks.sweep.plots import plot_sweep
+from droplab.tasks.sweep.prepare import prepare
 from droplab.tasks.sweep.progress import reap_dead_trials, requeue_interrupted, study_state
 from droplab.tasks.sweep.results import settings_table, trial_records
 from droplab.tasks.sweep.storage import (
@@ -93,7 +94,7 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         return _join(cfg)
     if resume:
         url, name = _resumable(cfg)
-        prep = Prepared(cfg)
+        prep = prepare(cfg)
         run_dir = open_run(cfg, TASK, resume=True)  # the one resume rule: same options
         cfg.run.out = str(run_dir.path)
         study = open_study(cfg, url, name, create=False)
@@ -104,7 +105,7 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
         assert cfg.storage is not None and cfg.run.out is not None and cfg.study_name
         url, name = resolve_storage(cfg.storage, Path(cfg.run.out)), cfg.study_name
         _check_workers(cfg, url)
-        prep = Prepared(cfg)  # fails fast on bad data or folds, before a folder exists
+        prep = prepare(cfg)  # fails fast on bad data or folds, before a folder exists
         if not is_run_file(cfg.storage) and study_exists(make_storage(url, cfg), name):
             raise UserError(f"study {name!r} already exists in {redact(url)}; pass --join to "
                             "add workers, --resume to continue it, or a new --study-name")
@@ -117,6 +118,7 @@ def run(cfg: SweepConfig, resume: bool = False) -> dict[str, Any]:
                 if p.name not in before and p.is_file():
                     p.unlink(missing_ok=True)
             raise
+    prep.ready()  # e.g. a GAN sweep's feature classifier, in the run folder
     run_workers(cfg, url, name, prep)
     search_s, search_cpu_s = time.perf_counter() - t_start, time.process_time() - c_start
     return _finish(cfg, run_dir, study, url, prep, search_s, t_start, search_cpu_s)
@@ -134,22 +136,26 @@ def _join(cfg: SweepConfig) -> dict[str, Any]:
             "time_s": time.perf_counter() - t0}
 
 
-def _oracle(cfg: SweepConfig, prep: Prepared, rows: list[dict[str, Any]],
+def _oracle(cfg: SweepConfig, prep: FoldScorer, rows: list[dict[str, Any]],
             pick: dict[str, Any], test: dict[str, float]) -> dict[str, Any]:
-    """Every setting refitted and scored on test: how good was the CV pick?"""
+    """Every setting refitted and scored on test: how good was the CV pick? (classify: by
+    test accuracy; GAN: by the first objective's test metric)"""
     names = cfg.space.names
     settings = (cfg.space.settings() if cfg.sampler == "grid"
                 else [{n: r[n] for n in names} for r in rows])
     oracle = []
     for s in settings:
-        figs = test if cfg.space.key(s) == cfg.space.key(pick) else refit_and_test(prep, s)
+        figs = test if cfg.space.key(s) == cfg.space.key(pick) else prep.refit_and_test(s)
         oracle.append({**s, **figs})
-    best = max(oracle, key=lambda r: r["test_acc"])
+    metric = "acc" if cfg.sweep_task == "classify" else OBJECTIVE_METRIC[cfg.objective_list[0]]
+    key, sign = f"test_{metric}", (1 if cfg.sweep_task == "classify"
+                                   or cfg.direction == "maximize" else -1)
+    best = max(oracle, key=lambda r: sign * r[key])
     return {"settings": oracle, "best": best,
-            "pick_minus_best_test_acc": test["test_acc"] - best["test_acc"]}
+            f"pick_minus_best_{key}": test[key] - best[key]}
 
 
-def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, url: str, prep: Prepared,
+def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, url: str, prep: FoldScorer,
             search_s: float, t_start: float, search_cpu_s: float) -> dict[str, Any]:
     st = study_state(study, cfg)
     rows = settings_table(study, cfg)
@@ -158,15 +164,15 @@ def _finish(cfg: SweepConfig, run_dir: RunDir, study: optuna.Study, url: str, pr
             fh.write(json.dumps(to_jsonable(rec), allow_nan=True) + "\n")
     chosen = choose(rows, cfg)
     pick = chosen["pick"]
-    test = refit_and_test(prep, {n: pick[n] for n in cfg.space.names})
+    test = prep.refit_and_test({n: pick[n] for n in cfg.space.names})
     summary: dict[str, Any] = {
-        "task": TASK, "study_name": study.study_name, "storage": redact(url),
+        "task": TASK, "sweep_task": cfg.sweep_task, "study_name": study.study_name,
+        "storage": redact(url),
         "objective": cfg.objective_list[0], "objectives": cfg.objective_list,
         "direction": cfg.direction, "directions": cfg.directions, "folds": cfg.folds,
         "sampler": cfg.sampler, "pruner": cfg.pruner, "attack": cfg.attack, "eps": cfg.eps,
         "settings": rows, **chosen, "test": test,
-        "test_acc": test["test_acc"], "test_nll": test["test_nll"], "test_ece": test["test_ece"],
-        "test_robust_acc": test["test_robust_acc"],
+        **{k: v for k, v in test.items() if k.startswith("test_")},
         "n_trials": st["trials"],
         "n_complete": sum(r["state"] == "complete" for r in rows),
         "n_pruned": sum(r["state"] == "pruned" for r in rows),

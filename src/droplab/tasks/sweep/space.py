@@ -29,6 +29,8 @@ from droplab.schedules import make_schedule
 
 #: where the main rate applies: the classifier head, the conv blocks, or both
 WHERES = ("head", "conv", "all")
+#: where it applies in a GAN's discriminator (``--task gan``; :data:`droplab.models.gan.WHERE`)
+GAN_WHERES = ("input", "hidden", "all")
 #: the schedule value meaning "no schedule"
 CONSTANT = "constant"
 #: parameters whose values are drop probabilities
@@ -156,9 +158,11 @@ class SearchSpace(Config):
     kinds: list[str] = option(factory=lambda: ["dropout"], choices=tuple(KINDS),
                               what="dropout kind", metavar="KIND,…",
                               help="dropout kinds, comma-separated (default dropout)")
-    wheres: list[str] = option(factory=lambda: ["head"], choices=WHERES,
-                               what="dropout placement (--wheres)", metavar="WHERE,…",
-                               help="placements of --rates: head, conv, all (default head)")
+    wheres: list[str] | None = option(None, choices=tuple(dict.fromkeys(WHERES + GAN_WHERES)),
+                                      what="dropout placement (--wheres)", metavar="WHERE,…",
+                                      help="placements of --rates: head, conv, all (default "
+                                      "head); --task gan: the discriminator's input, hidden, "
+                                      "all (default hidden)")
     input_rates: str | None = option(None, metavar="SPEC",
                                      help="also search the input dropout rate (same forms)")
     conv_rates: str | None = option(None, metavar="SPEC",
@@ -183,7 +187,7 @@ class SearchSpace(Config):
         if self.conv_rates is not None:
             dims.append(parse_rate_dim("conv_rate", self.conv_rates, "--conv-rates"))
         dims.append(_category("kind", "--kinds", self.kinds))
-        dims.append(_category("where", "--wheres", self.wheres))
+        dims.append(_category("where", "--wheres", self.wheres or ["head"]))
         if self.schedules is not None:
             dims.append(_category("schedule", "--schedules", self.schedules))
         for s in self.schedules or ():
@@ -207,12 +211,13 @@ class SearchSpace(Config):
 
     def check_model(self, model: str) -> None:
         """One-line errors for placements the model does not have."""
-        if model == "mlp" and (any(w != "head" for w in self.wheres) or self.conv_rates is not None):
+        wheres = self.wheres or ["head"]
+        if model == "mlp" and (any(w != "head" for w in wheres) or self.conv_rates is not None):
             raise InvalidValue(
                 "the search space is inconsistent: model 'mlp' has no conv layers, so "
                 "--wheres can only be 'head' (and --conv-rates does not apply)"
             )
-        if self.conv_rates is not None and list(self.wheres) != ["head"]:
+        if self.conv_rates is not None and list(wheres) != ["head"]:
             raise InvalidValue("--conv-rates searches the conv blocks' own rate, so the main "
                                "--rates is the head's: use --wheres head")
 

@@ -16,13 +16,14 @@ import time
 import torch
 
 from droplab.tasks.sweep.config import SweepConfig
-from droplab.tasks.sweep.objective import Objective, Prepared, Surplus
+from droplab.tasks.sweep.objective import FoldScorer, Objective, Surplus
+from droplab.tasks.sweep.prepare import prepare
 from droplab.tasks.sweep.progress import SURPLUS, reap_dead_trials, study_state
 from droplab.tasks.sweep.storage import open_study
 
 
 def worker_loop(cfg: SweepConfig, url: str, name: str, *, threads: int | None = None,
-                wait_for_others: bool = True, prep: Prepared | None = None) -> int:
+                wait_for_others: bool = True, prep: FoldScorer | None = None) -> int:
     """Run trials until the study is done; return how many this worker finished.
 
     When nothing is left to start but other workers still run trials, wait for them (and
@@ -40,7 +41,7 @@ def worker_loop(cfg: SweepConfig, url: str, name: str, *, threads: int | None = 
             break
         if st["waiting"] or st["need_new"]:
             if prep is None:
-                prep = Prepared(cfg)
+                prep = prepare(cfg)
             study.optimize(Objective(prep), n_trials=1, catch=(Surplus,), gc_after_trial=False)
             if study.trials[-1].user_attrs.get(SURPLUS):
                 time.sleep(poll)  # another worker holds that grid point; let it progress
@@ -63,7 +64,7 @@ def threads_per_worker(cfg: SweepConfig) -> int:
     return cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
 
 
-def run_workers(cfg: SweepConfig, url: str, name: str, prep: Prepared | None = None) -> None:
+def run_workers(cfg: SweepConfig, url: str, name: str, prep: FoldScorer | None = None) -> None:
     """Run the study with ``cfg.workers`` local processes (spawned), or in this process."""
     threads = threads_per_worker(cfg)
     if cfg.workers == 1:
