@@ -276,4 +276,6 @@ class SweepConfig(Config):
         legacy = data.pop("base", None)
         if isinstance(legacy, Mapping):
             data = {**legacy, **data}
+        if "gan" not in data:  # flat names (build(), release 0.1): "model" is the classifier
+            data["gan"] = {k: v for k, v in data.items() if k != "model"}
         return super().from_dict(data, base)
