@@ -4,16 +4,21 @@ A sweep is an Optuna study (Akiba et al. 2019, "Optuna: A Next-generation Hyperp
 Optimization Framework") over a search space of dropout rates × kinds × placements
 (× schedules), with one or several objectives. Each
 trial cross-validates one setting on the training split; after the search the pick is
-refitted on the whole training split and scored once on test.
+refitted on the whole training split and scored once on test. With ``--task gan`` the
+rates are a GAN's discriminator dropout and the folds are seeds, each GAN scored by FID,
+KID, modes or KL against held-out real images (:mod:`.gan_objective`).
 
 Modules, each with one job:
 
 - :mod:`.space`     the search space (rates per placement × kinds × placements × schedules)
 - :mod:`.config`    :class:`SweepConfig` (options declared once; the train sections nested)
+- :mod:`.gan_config` the ``droplab gan`` sections a GAN sweep nests, one fold's GAN config
 - :mod:`.storage`   storage URLs (run-folder-relative files), samplers, pruners, opening a study
 - :mod:`.optuna_internals`  the only module touching Optuna's private API
 - :mod:`.progress`  study state, and recovery of trials whose worker died (heartbeats)
 - :mod:`.objective` k-fold CV of one setting (the Optuna objective)
+- :mod:`.gan_objective` a GAN sweep's folds: seeds, scored on held-out real images
+- :mod:`.prepare`   what a worker loads before its first trial, per task
 - :mod:`.workers`   the worker loop, local worker processes
 - :mod:`.results`   per-setting table and per-trial records
 - :mod:`.stats`     Pareto front and knee, one-standard-error rule, paired tests over folds

@@ -1,4 +1,6 @@
-"""The objective of a sweep: stratified k-fold cross-validation of one dropout setting.
+"""The objective of a sweep: stratified k-fold cross-validation of one dropout setting
+(a GAN sweep's folds are seeds instead: :mod:`droplab.tasks.sweep.gan_objective`, the same
+:class:`Objective` driving them through :class:`FoldScorer`).
 
 Each trial trains one setting on the training split only (:func:`droplab.data.kfold_splits`)
 and records every metric per fold (accuracy, NLL, ECE, robust accuracy under FGSM/PGD, the
