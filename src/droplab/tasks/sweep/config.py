@@ -135,7 +135,12 @@ class SweepConfig(Config):
     max_retry: int = option(3, ge=0, runtime=True, help="retries of a lost trial")
     oracle: bool = option(False, runtime=True,
                           help="also train every setting on the full split and score it on test")
-    data: SweepDataConfig = section(SweepDataConfig, title="data (as in droplab train)")
+    data: SweepDataConfig = section(
+        SweepDataConfig, title="data (as in droplab train)",
+        help={"dataset": "digits, mnist, fashion-mnist, cifar10 or imagefolder:PATH; --task "
+                         "gan also stacked-mnist and the 2-D mixtures ring and grid",
+              "limit": "at most N images per class (--task gan: ring/grid points per mode, "
+                       "default 2000)"})
     model: SweepModelConfig = section(lambda: SweepModelConfig(name="mlp"),
                                       title="model (as in droplab train)")
     train: TrainConfig = section(lambda: TrainConfig(batch_size=32),
