@@ -10,7 +10,8 @@ one scale (``--limit`` MNIST images per class, ``--epochs``, DCGAN width 32, bat
    block, rates 0 / 0.3 / 0.5) and seeds 0, 1, 2 (its own run folders and JSON);
 2. **the sweep**: ``droplab sweep --task gan --rates 0,0.3,0.5 --folds 3 --objective fid``
    with the same options and the table's classifier as ``--feature-extractor`` (its folds
-   are three other seeds, scored on one half of the held-out test images);
+   are three other seeds, scored on one half of the held-out test images), run beside the
+   table (one process each, one thread) once the table's classifier exists;
 3. **the check**: the table's best rate (lowest mean FID) and its standard error
    ``std/√3``; the sweep's pick passes when its table mean is within best + SE.
 
@@ -18,7 +19,7 @@ Both steps reuse their folders, so a stopped run continues. Reduced scale (the f
 the README say which)::
 
     OMP_NUM_THREADS=1 python benchmarks/sweep_gan.py --data-root ../shared/datasets \\
-        --limit 300 --epochs 2 --note "busy machine"
+        --limit 300 --epochs 3 --eval-samples 1500 --note "busy machine"
 
 The issue's scale would be ``--limit`` unset (60,000 images) and ``--epochs 12``
 (benchmarks/gan.py's MNIST default), about 40 CPU-hours at one thread.
@@ -58,11 +59,6 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> None:
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    subprocess.run(cmd, check=True, env=env)
-
-
 def main() -> None:
     args = _parse()
     out = Path(args.out)
@@ -77,14 +73,19 @@ def main() -> None:
                  "--batch-size", "64", "--width", "32", "--threads", "1",
                  "--out", str(out / "table"), "--results", str(table_json),
                  "--note", args.note]
-    _run(table_cmd, env)
-    clf = str(out / "table" / "classifier")
+    table = subprocess.Popen(table_cmd, env=env)  # the sweep runs beside it, once the
+    print("$ " + " ".join(table_cmd), file=sys.stderr)  # table's classifier is there
+    clf = out / "table" / "classifier"
+    while not (clf / "summary.json").exists():
+        if table.poll() is not None:
+            raise SystemExit(f"benchmarks/gan.py stopped (exit {table.returncode})")
+        time.sleep(2)
     sweep_out = out / "sweep"
     sweep_cmd = [sys.executable, "-m", "droplab", "sweep", "--task", "gan", "--dataset", "mnist",
                  *common, "--batch-size", "64", "--width", "32",
                  "--rates", ",".join(str(r) for r in CONFIG_RATE.values()),
-                 "--folds", str(args.folds), "--objective", "fid", "--feature-extractor", clf,
-                 "--threads", "1", "--device", "cpu", "--out", str(sweep_out), "--json"]
+                 "--folds", str(args.folds), "--objective", "fid", "--feature-extractor",
+                 str(clf), "--threads", "1", "--device", "cpu", "--out", str(sweep_out), "--json"]
     if (sweep_out / "summary.json").exists():
         summary = json.loads((sweep_out / "summary.json").read_text())
     else:
@@ -94,6 +95,8 @@ def main() -> None:
         print("$ " + " ".join(sweep_cmd), file=sys.stderr)
         res = subprocess.run(sweep_cmd, check=True, env=env, capture_output=True, text=True)
         summary = json.loads(res.stdout)
+    if table.wait() != 0:
+        raise SystemExit(f"benchmarks/gan.py failed (exit {table.returncode})")
 
     table = json.loads(table_json.read_text())
     per_rate = {CONFIG_RATE[c]: [r["fid"] for r in table["runs"] if r["config"] == c]
@@ -121,7 +124,7 @@ def main() -> None:
         "sweep": {str(r): s for r, s in sweep_rows.items()}, "sweep_pick": pick,
         "sweep_pick_table_mean": stats[pick]["mean"],
         "met": bool(stats[pick]["mean"] <= threshold),
-        "sweep_test_fid": summary.get("test_fid"), "classifier": clf,
+        "sweep_test_fid": summary.get("test_fid"), "classifier": str(clf),
         "classifier_test_acc": table.get("classifier_test_acc"),
         "commands": {"table": " ".join(table_cmd[1:]), "sweep": " ".join(sweep_cmd[2:])},
         "wall_s": time.perf_counter() - t0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from droplab.data import DatasetBundle
 from droplab.tasks.sweep.config import SweepConfig
-from droplab.tasks.sweep.gan_objective import GanPrepared
 from droplab.tasks.sweep.objective import FoldScorer, Prepared
 
 __all__ = ["prepare"]
@@ -15,6 +14,10 @@ __all__ = ["prepare"]
 def prepare(cfg: SweepConfig, bundle: DatasetBundle | None = None) -> FoldScorer:
     """The setup of ``cfg``'s task (``bundle``: classify data already in memory)."""
     if cfg.sweep_task == "gan":
+        # deferred: the GAN scoring stack (torchmetrics; about +2 CPU-s, +40 %, on the start
+        # of every `droplab sweep`) is imported only by sweeps that train GANs
+        from droplab.tasks.sweep.gan_objective import GanPrepared
+
         if bundle is not None:
             raise TypeError("a GAN sweep loads its own data (bundle is for classify sweeps)")
         return GanPrepared(cfg)
