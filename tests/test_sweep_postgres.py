@@ -120,6 +120,6 @@ def test_two_local_workers_and_a_joining_worker_share_one_postgres_study(
     # a command whose search space differs from the stored one cannot join
     bad = subprocess.run([sys.executable, "-m", "droplab", "sweep", *ARGS, "--rates", "0,0.9",
                           "--storage", postgres_url, "--join", "--out", str(tmp_path / "bad")],
-                         env=env, capture_output=True, text=True, timeout=60)
+                         env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert "different search space" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
