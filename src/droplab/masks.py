@@ -226,9 +226,8 @@ def dropped_counts(starts: Tensor, n: int, per_sample: int, width: int) -> Tenso
     if starts.numel() == 0:
         return torch.zeros(n, dtype=torch.int64, device=starts.device)
     if starts.device.type == "cpu":
-        key = torch.from_numpy(np.sort(starts.numpy()))
-    else:
-        key = torch.sort(starts).values
+        return torch.from_numpy(_dropped_counts_numpy(starts.numpy(), n, per_sample, width))
+    key = torch.sort(starts).values
     new = torch.empty(key.numel() + 1, dtype=key.dtype, device=key.device)
     new[0] = 0
     torch.clamp_max(torch.diff(key), width, out=new[1:-1])
@@ -236,6 +235,27 @@ def dropped_counts(starts: Tensor, n: int, per_sample: int, width: int) -> Tenso
     total = torch.cumsum(new, 0, dtype=torch.int64)
     bounds = torch.searchsorted(
         key, torch.arange(n + 1, dtype=torch.int64, device=key.device) * per_sample)
+    return total[bounds[1:]] - total[bounds[:-1]]
+
+
+def _dropped_counts_numpy(starts: np.ndarray, n: int, per_sample: int,
+                         width: int) -> np.ndarray:
+    """:func:`dropped_counts` on CPU, all in NumPy (no torch dispatch per step).
+
+    The stable sort (timsort) is ~1.7× faster than the default one here: the starts are
+    laid out seed by seed, so they come in long ascending runs (the values, hence the
+    counts, do not depend on the algorithm).
+    """
+    key = np.sort(starts, kind="stable")
+    new = np.empty(key.size + 1, dtype=key.dtype)
+    new[0] = 0
+    mid = new[1:-1]
+    np.subtract(key[1:], key[:-1], out=mid)
+    np.minimum(mid, width, out=mid)
+    new[-1] = width
+    total = np.cumsum(new, dtype=np.int64)
+    index = key.dtype if n * per_sample < 2**31 else np.int64
+    bounds = np.searchsorted(key, np.arange(n + 1, dtype=index) * per_sample)
     return total[bounds[1:]] - total[bounds[:-1]]
 
 
@@ -251,16 +271,28 @@ def draw_block_seeds(x: Tensor, gamma: float, bh: int, bw: int, *, shared_channe
     c = 1 if shared_channels else c
     hs, ws = h - bh + 1, w - bw + 1
     seeds = bernoulli_positions(n * c * hs * ws, gamma, x.device, generator)
-    plane = torch.div(seeds, hs * ws, rounding_mode="floor")
-    rest = seeds - plane * (hs * ws)
-    row = torch.div(rest, ws, rounding_mode="floor")
-    col = rest - row * ws
     per = c * h * w
-    corner = plane * (h * w) + row * w + col
-    index = torch.int32 if n * per < 2**31 else torch.int64  # int32 sorts ~3× faster
-    starts = (corner.to(index)[:, None]
-              + torch.arange(0, bh * w, w, dtype=index, device=x.device)).reshape(-1)
-    kept = (per - dropped_counts(starts, n, per, bw)).clamp_min_(1)
+    small = n * per < 2**31  # int32 row starts then (they sort ~3× faster)
+    if x.device.type == "cpu" and seeds.numel():  # NumPy: ~10 small ops, no torch dispatch
+        plane_np, rest_np = np.divmod(seeds.numpy(), hs * ws)
+        row_np, col_np = np.divmod(rest_np, ws)
+        corner_np = plane_np * (h * w) + row_np * w + col_np
+        index_np = np.int32 if small else np.int64
+        starts_np = (corner_np.astype(index_np)[:, None]
+                     + np.arange(0, bh * w, w, dtype=index_np)).reshape(-1)
+        plane, row, col, corner = map(torch.from_numpy, (plane_np, row_np, col_np, corner_np))
+        counts = torch.from_numpy(_dropped_counts_numpy(starts_np, n, per, bw))
+    else:
+        plane = torch.div(seeds, hs * ws, rounding_mode="floor")
+        rest = seeds - plane * (hs * ws)
+        row = torch.div(rest, ws, rounding_mode="floor")
+        col = rest - row * ws
+        corner = plane * (h * w) + row * w + col
+        index = torch.int32 if small else torch.int64
+        starts = (corner.to(index)[:, None]
+                  + torch.arange(0, bh * w, w, dtype=index, device=x.device)).reshape(-1)
+        counts = dropped_counts(starts, n, per, bw)
+    kept = (per - counts).clamp_min_(1)
     dtype = _uniform_dtype(x.dtype)
     # kept < 2^24 is exact in float32; larger maps divide in float64 (as a float32 sum would not)
     scale = (per / kept.to(dtype) if dtype == torch.float64 or per < 2**24
