@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from droplab import data as D
@@ -255,16 +255,10 @@ class Objective:
     def _repeat(self, trial: optuna.Trial, params: dict[str, Any]) -> Any:
         """Handle a setting already taken: ``Surplus`` on the grid, the earlier result for
         samplers that may propose a setting again (its CV result is deterministic)."""
-        cfg, space = self.prep.cfg, self.prep.cfg.space
-        key = space.key(params)
-        others = [t for t in trial.study.get_trials(deepcopy=False)
-                  if t.number != trial.number and space.key(t.params) == key]
+        cfg = self.prep.cfg
+        others = self._same_setting(trial, params)
         if cfg.sampler == "grid":
-            # another worker already holds or finished this grid point: do not repeat it
-            if any(counted(t) or (t.state == TrialState.RUNNING and t.number < trial.number)
-                   for t in others):
-                trial.set_user_attr(SURPLUS, True)
-                raise Surplus(f"grid point {params} is already taken")
+            self._claim_grid_point(trial, params, others)
             return None
         for t in others:
             if t.state == TrialState.COMPLETE and "folds" in t.user_attrs:
@@ -272,6 +266,22 @@ class Objective:
                 trial.set_user_attr("reused_from", t.number)
                 return t.values if cfg.multi else t.value
         return None
+
+    @staticmethod
+    def _claim_grid_point(trial: optuna.Trial, params: dict[str, Any],
+                          others: list[FrozenTrial]) -> None:
+        """Raise ``Surplus`` if another worker holds or finished this grid point: a counted
+        trial, or a running one with a lower number (the tie-break every worker applies)."""
+        if any(counted(t) or (t.state == TrialState.RUNNING and t.number < trial.number
+                              and not t.user_attrs.get(SURPLUS))
+               for t in others):
+            trial.set_user_attr(SURPLUS, True)
+            raise Surplus(f"grid point {params} is already taken")
+
+    def _same_setting(self, trial: optuna.Trial, params: dict[str, Any]) -> list[FrozenTrial]:
+        key = self.prep.cfg.space.key(params)
+        return [t for t in trial.study.get_trials(deepcopy=False)
+                if t.number != trial.number and self.prep.cfg.space.key(t.params) == key]
 
     def __call__(self, trial: optuna.Trial) -> Any:
         cfg = self.prep.cfg
@@ -299,5 +309,9 @@ class Objective:
                 trial.report(m[metrics[0]], step_of(i, epochs - 1, epochs))
                 if prune and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after fold {i}")
+        if cfg.sampler == "grid":
+            # two workers can start the same grid point when one reads the study before the
+            # other's parameters are stored; checked again at the end, exactly one counts
+            self._claim_grid_point(trial, params, self._same_setting(trial, params))
         means = [statistics.fmean(f[k] for f in folds) for k in metrics]
         return means if cfg.multi else means[0]
