@@ -16,23 +16,19 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_rel
 
-from droplab.cli import main
+from hostile_world import snapshot
+from sweep_helpers import run_sweep
 
 TINY = ["--dataset", "digits", "--limit", "30", "--model", "mlp", "--threads", "1",
         "--device", "cpu", "--attack-samples", "40"]
 
-
-def _sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    rc = main(["sweep", *argv])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sw"
-    rc, stdout, _ = _sweep([*TINY, "--rates", "0,0.25,0.5", "--folds", "3", "--epochs", "2",
+    rc, stdout, _ = run_sweep([*TINY, "--rates", "0,0.25,0.5", "--folds", "3", "--epochs", "2",
                             "--json", "--out", str(out)], capsys)
     assert rc == 0
     summary = json.loads(stdout)
@@ -74,7 +70,7 @@ def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
     assert (out / "cv_vs_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     # resuming a finished study is a one-line error
-    rc, _, err = _sweep(["--out", str(out), "--resume"], capsys)
+    rc, _, err = run_sweep(["--out", str(out), "--resume"], capsys)
     assert rc == 2 and "already finished" in err and len(err.strip().splitlines()) == 1
 
 
@@ -106,7 +102,7 @@ def test_sweep_prints_per_rate_cv_scores_and_a_pick_and_leaves_db_and_plots(
 def test_bad_input_is_one_line_error(
     argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, _, err = _sweep([*TINY, "--limit", "20", "--rates", "0,0.5", "--folds", "2",
+    rc, _, err = run_sweep([*TINY, "--limit", "20", "--rates", "0,0.5", "--folds", "2",
                          "--epochs", "1", "--out", str(tmp_path / "x"), *argv], capsys)
     assert rc == 2
     lines = err.strip().splitlines()
@@ -166,11 +162,6 @@ def test_kill_9_mid_trial_then_resume_finishes_every_setting_once(tmp_path: Path
     assert retries[0].params == failed[0].params
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file of a run folder but its lock (scratch, not a result: droplab.runs.lock)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
 
 def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_original_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -202,17 +193,17 @@ def test_a_copied_half_finished_sweep_resumes_in_the_copy_and_leaves_the_origina
     capsys.readouterr()
     stored = json.loads((orig / "config.json").read_text())
     assert stored["storage"] == "sqlite:///study.db"  # relative to the run folder
-    before = _snapshot(orig)
+    before = snapshot(orig)
     assert "summary.json" not in before
 
     shutil.copytree(orig, copy)
-    rc, stdout, err = _sweep(["--out", str(copy), "--resume", "--threads", "1", "--device", "cpu",
+    rc, stdout, err = run_sweep(["--out", str(copy), "--resume", "--threads", "1", "--device", "cpu",
                               "--json"], capsys)
     assert rc == 0, err
     summary = json.loads(stdout)
     assert summary["run_dir"] == str(copy) and summary["complete"]
     assert summary["storage"] == f"sqlite:///{copy.resolve() / 'study.db'}"
-    assert _snapshot(orig) == before  # the original folder is byte-for-byte untouched
+    assert snapshot(orig) == before  # the original folder is byte-for-byte untouched
     assert (copy / "summary.json").is_file() and (copy / "cv_vs_rate.png").is_file()
 
     study = optuna.load_study(study_name=summary["study_name"],
@@ -232,7 +223,7 @@ def test_the_issue_20_command_prints_the_pareto_set_the_1se_pick_and_the_paired_
     """``droplab sweep --dataset digits --rates 0:0.6 --sampler tpe --trials 12 --objectives
     acc,ece --folds 3 --epochs 2 --json`` (issue 20's "done when"), as written."""
     out = tmp_path / "done"
-    rc, stdout, err = _sweep(["--dataset", "digits", "--rates", "0:0.6", "--sampler", "tpe",
+    rc, stdout, err = run_sweep(["--dataset", "digits", "--rates", "0:0.6", "--sampler", "tpe",
                               "--trials", "12", "--objectives", "acc,ece", "--folds", "3",
                               "--epochs", "2", "--json", "--out", str(out), "--threads", "1",
                               "--device", "cpu"], capsys)
@@ -272,9 +263,9 @@ def test_a_half_finished_sweep_of_release_0_1_is_refused_in_one_line(
         "objective": "acc", "storage": f"sqlite:///{old / 'study.db'}", "study_name": "sweep-old"}))
     study = optuna.create_study(study_name="sweep-old", storage=f"sqlite:///{old / 'study.db'}")
     study.set_user_attr("droplab_space", {"space": {"rate": [0.0, 0.5]}, "folds": 2})
-    before = _snapshot(old)
+    before = snapshot(old)
     capsys.readouterr()  # Optuna's own INFO line about the study made above
-    rc, _, err = _sweep(["--out", str(old), "--resume", "--device", "cpu"], capsys)
+    rc, _, err = run_sweep(["--out", str(old), "--resume", "--device", "cpu"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "different search space or setup" in err
-    assert _snapshot(old) == before
+    assert snapshot(old) == before

@@ -12,33 +12,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from droplab.cli import main
 from droplab.tasks import sweep
 from droplab.tasks.sweep import gan_objective
 from droplab.tasks.sweep.gan_objective import GanPrepared
 from droplab.tasks.sweep.objective import fold_seed
+from hostile_world import snapshot
+from sweep_helpers import run_sweep
 
 #: 2-D ring, 8 modes: 2,048 training points, 64 a batch → 32 generator steps an epoch
 RING = ["--task", "gan", "--dataset", "ring", "--limit", "256", "--batch-size", "64",
         "--threads", "1", "--device", "cpu"]
 
 
-def _sweep(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    rc = main(["sweep", *argv])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
 
 
 def test_a_ring_sweep_scores_every_seed_on_held_out_points_and_picks_the_lowest_fid(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "ring"
-    rc, stdout, err = _sweep([*RING, "--epochs", "2", "--rates", "0,0.5", "--folds", "2",
+    rc, stdout, err = run_sweep([*RING, "--epochs", "2", "--rates", "0,0.5", "--folds", "2",
                               "--eval-samples", "300", "--json", "--out", str(out)], capsys)
     assert rc == 0, err
     summary = json.loads(stdout)  # exactly one JSON object on stdout
@@ -108,7 +100,7 @@ def test_a_digits_sweep_scores_by_kid_with_its_own_classifier(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "digits"
-    rc, stdout, err = _sweep(["--task", "gan", "--dataset", "digits", "--limit", "20",
+    rc, stdout, err = run_sweep(["--task", "gan", "--dataset", "digits", "--limit", "20",
                               "--epochs", "1", "--rates", "0,0.5", "--folds", "2",
                               "--objective", "kid", "--eval-samples", "100",
                               "--classifier-epochs", "2", "--threads", "1", "--device", "cpu",
@@ -126,7 +118,7 @@ def test_a_digits_sweep_scores_by_kid_with_its_own_classifier(
     best = min(summary["settings"], key=lambda r: r["cv"]["kid"]["mean"])
     assert summary["pick"]["rate"] == best["rate"]
     assert math.isfinite(summary["test_kid"]) and 0 <= summary["test_modes"] <= 10
-    rc, _, err = _sweep(["--out", str(out), "--resume"], capsys)
+    rc, _, err = run_sweep(["--out", str(out), "--resume"], capsys)
     assert rc == 2 and "already finished" in err and len(err.strip().splitlines()) == 1
 
 
@@ -158,10 +150,10 @@ def test_an_interrupted_gan_sweep_resumes_to_the_figures_of_an_uninterrupted_one
     moved = tmp_path / "elsewhere" / "copy"
     shutil.copytree(cut, moved)  # the study file travels with the folder (this process
     # still holds the interrupted folder's lock, as a killed sweep's would be stale)
-    before = _snapshot(moved)
-    rc, _, err = _sweep(["--out", str(moved), "--resume", "--epochs", "3"], capsys)
-    assert rc == 2 and "--epochs" in err and _snapshot(moved) == before  # refused: unchanged
-    rc, stdout, err = _sweep(["--out", str(moved), "--resume", "--device", "cpu", "--json"],
+    before = snapshot(moved)
+    rc, _, err = run_sweep(["--out", str(moved), "--resume", "--epochs", "3"], capsys)
+    assert rc == 2 and "--epochs" in err and snapshot(moved) == before  # refused: unchanged
+    rc, stdout, err = run_sweep(["--out", str(moved), "--resume", "--device", "cpu", "--json"],
                              capsys)
     assert rc == 0, err
     resumed = json.loads(stdout)
@@ -202,7 +194,7 @@ def test_an_interrupted_gan_sweep_resumes_to_the_figures_of_an_uninterrupted_one
 def test_bad_gan_sweeps_are_one_line_before_any_folder(
     argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, stdout, err = _sweep([*RING, "--limit", "16", "--batch-size", "16", "--rates", "0,0.5",
+    rc, stdout, err = run_sweep([*RING, "--limit", "16", "--batch-size", "16", "--rates", "0,0.5",
                               "--folds", "2", "--epochs", "1", "--out", str(tmp_path / "x"),
                               *argv], capsys)
     lines = err.strip().splitlines()
@@ -211,10 +203,10 @@ def test_bad_gan_sweeps_are_one_line_before_any_folder(
     assert not (tmp_path / "x").exists()
 
 
-def test_a_gan_objective_is_refused_for_a_classify_sweep(
+def test_a_gan_objective_is_refused_for_a_classifyrun_sweep(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, _, err = _sweep(["--dataset", "digits", "--limit", "20", "--rates", "0,0.5", "--folds",
+    rc, _, err = run_sweep(["--dataset", "digits", "--limit", "20", "--rates", "0,0.5", "--folds",
                          "2", "--objective", "fid", "--out", str(tmp_path / "x")], capsys)
     assert rc == 2 and err.strip() == (
         "droplab sweep: error: --objective fid is a gan objective and does not apply to "
