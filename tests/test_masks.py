@@ -153,7 +153,25 @@ def test_dropped_counts_equal_a_dense_count() -> None:
     for index in (torch.int32, torch.int64):
         got = masks.dropped_counts(starts.to(index), n, per, width)
         assert torch.equal(got, expected)
+        # the torch-op path (the one CUDA takes) gives the same counts
+        assert torch.equal(masks._dropped_counts_torch(starts.to(index), n, per, width),
+                           expected)
     assert torch.equal(masks.dropped_counts(starts[:0], n, per, width), torch.zeros(n).long())
+
+
+@pytest.mark.parametrize(("shape", "block"), [((3, 4, 9, 11), (3, 2)), ((4, 1, 9, 9), (7, 7)),
+                                            ((5, 2, 6, 10), (1, 4))])
+def test_seed_geometry_numpy_equals_the_torch_ops(shape: tuple[int, int, int, int],
+                                                   block: tuple[int, int]) -> None:
+    # CPU draws go through NumPy, other devices through torch ops: the same integers
+    n, c, h, w = shape
+    bh, bw = block
+    total = n * c * (h - bh + 1) * (w - bw + 1)
+    seeds = masks.bernoulli_positions(total, 0.3, torch.device("cpu"), gen(14))
+    assert seeds.numel() > 0
+    for a, b in zip(masks._seed_geometry_numpy(seeds, shape, bh, bw),
+                    masks._seed_geometry_torch(seeds, shape, bh, bw), strict=True):
+        assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

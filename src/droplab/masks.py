@@ -227,6 +227,11 @@ def dropped_counts(starts: Tensor, n: int, per_sample: int, width: int) -> Tenso
         return torch.zeros(n, dtype=torch.int64, device=starts.device)
     if starts.device.type == "cpu":
         return torch.from_numpy(_dropped_counts_numpy(starts.numpy(), n, per_sample, width))
+    return _dropped_counts_torch(starts, n, per_sample, width)
+
+
+def _dropped_counts_torch(starts: Tensor, n: int, per_sample: int, width: int) -> Tensor:
+    """:func:`dropped_counts` in torch ops (any device; CUDA's path, tested on CPU)."""
     key = torch.sort(starts).values
     new = torch.empty(key.numel() + 1, dtype=key.dtype, device=key.device)
     new[0] = 0
@@ -271,33 +276,57 @@ def draw_block_seeds(x: Tensor, gamma: float, bh: int, bw: int, *, shared_channe
     c = 1 if shared_channels else c
     hs, ws = h - bh + 1, w - bw + 1
     seeds = bernoulli_positions(n * c * hs * ws, gamma, x.device, generator)
-    per = c * h * w
-    small = n * per < 2**31  # int32 row starts then (they sort ~3× faster)
-    if x.device.type == "cpu" and seeds.numel():  # NumPy: ~10 small ops, no torch dispatch
-        plane_np, rest_np = np.divmod(seeds.numpy(), hs * ws)
-        row_np, col_np = np.divmod(rest_np, ws)
-        corner_np = plane_np * (h * w) + row_np * w + col_np
-        index_np = np.int32 if small else np.int64
-        starts_np = (corner_np.astype(index_np)[:, None]
-                     + np.arange(0, bh * w, w, dtype=index_np)).reshape(-1)
-        plane, row, col, corner = map(torch.from_numpy, (plane_np, row_np, col_np, corner_np))
-        counts = torch.from_numpy(_dropped_counts_numpy(starts_np, n, per, bw))
+    shape = (n, c, h, w)
+    if x.device.type == "cpu" and seeds.numel():
+        plane, row, col, corner, counts = _seed_geometry_numpy(seeds, shape, bh, bw)
     else:
-        plane = torch.div(seeds, hs * ws, rounding_mode="floor")
-        rest = seeds - plane * (hs * ws)
-        row = torch.div(rest, ws, rounding_mode="floor")
-        col = rest - row * ws
-        corner = plane * (h * w) + row * w + col
-        index = torch.int32 if small else torch.int64
-        starts = (corner.to(index)[:, None]
-                  + torch.arange(0, bh * w, w, dtype=index, device=x.device)).reshape(-1)
-        counts = dropped_counts(starts, n, per, bw)
+        plane, row, col, corner, counts = _seed_geometry_torch(seeds, shape, bh, bw)
+    per = c * h * w
     kept = (per - counts).clamp_min_(1)
     dtype = _uniform_dtype(x.dtype)
     # kept < 2^24 is exact in float32; larger maps divide in float64 (as a float32 sum would not)
     scale = (per / kept.to(dtype) if dtype == torch.float64 or per < 2**24
              else (per / kept.to(torch.float64)).to(dtype))
     return BlockSeeds((n, c, h, w), (bh, bw), plane, row, col, corner, scale)
+
+
+#: what :func:`draw_block_seeds` derives from the seed positions: plane, row, col, NCHW
+#: corner (int64) and each sample's dropped count
+_Geometry = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _seed_geometry_torch(seeds: Tensor, shape: tuple[int, int, int, int], bh: int,
+                         bw: int) -> _Geometry:
+    """Corners and exact dropped counts of flat seed positions on the valid region of
+    ``shape``'s maps, in torch ops (any device)."""
+    n, c, h, w = shape
+    hs, ws = h - bh + 1, w - bw + 1
+    plane = torch.div(seeds, hs * ws, rounding_mode="floor")
+    rest = seeds - plane * (hs * ws)
+    row = torch.div(rest, ws, rounding_mode="floor")
+    col = rest - row * ws
+    corner = plane * (h * w) + row * w + col
+    index = torch.int32 if n * c * h * w < 2**31 else torch.int64  # int32 sorts ~3× faster
+    starts = (corner.to(index)[:, None]
+              + torch.arange(0, bh * w, w, dtype=index, device=seeds.device)).reshape(-1)
+    return plane, row, col, corner, dropped_counts(starts, n, c * h * w, bw)
+
+
+def _seed_geometry_numpy(seeds: Tensor, shape: tuple[int, int, int, int], bh: int,
+                         bw: int) -> _Geometry:
+    """:func:`_seed_geometry_torch` for CPU tensors in NumPy: the same integers from about
+    ten small array ops without a torch dispatch each."""
+    n, c, h, w = shape
+    hs, ws = h - bh + 1, w - bw + 1
+    plane, rest = np.divmod(seeds.numpy(), hs * ws)
+    row, col = np.divmod(rest, ws)
+    corner = plane * (h * w) + row * w + col
+    index = np.int32 if n * c * h * w < 2**31 else np.int64
+    starts = (corner.astype(index)[:, None] + np.arange(0, bh * w, w, dtype=index)).reshape(-1)
+    counts = _dropped_counts_numpy(starts, n, c * h * w, bw)
+    t_plane, t_row, t_col, t_corner, t_counts = map(
+        torch.from_numpy, (plane, row, col, corner, counts))
+    return t_plane, t_row, t_col, t_corner, t_counts
 
 
 def _corners(seeds: BlockSeeds, strides: tuple[int, ...]) -> Tensor:
