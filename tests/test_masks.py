@@ -214,4 +214,7 @@ def test_drop_block_double_backward_and_empty_batch() -> None:
     def f(t: torch.Tensor) -> torch.Tensor:
         return DF.drop_block(t, 0.3, block_size=3, generator=gen(18)) ** 2
     assert torch.autograd.gradgradcheck(f, (x,))
-    assert DF.drop_block(torch.ones(0, 3, 8, 8), 0.1, block_size=3).shape == (0, 3, 8, 8)
+    for block, shared in ((3, False), (3, True), (1, False), (1, True)):  # every mask path
+        empty = DF.drop_block(torch.ones(0, 3, 8, 8), 0.1, block_size=block,
+                              shared_channels=shared)
+        assert empty.shape == (0, 3, 8, 8)

@@ -445,7 +445,7 @@ def block_keep_mask(x: Tensor, gamma: float, bh: int, bw: int, *, shared_channel
     total = n * c * h * w
     flat = keep_mask((total,), gamma, dtype=dtype, device=x.device, generator=generator)
     keep = flat.as_strided((n, c, h, w), _layout((n, c, h, w), x))
-    per_sample = flat.view(n, -1)  # samples are the outermost dimension in both layouts
+    per_sample = flat.view(n, c * h * w)  # samples are the outermost dimension in both layouts
     exact = dtype == torch.float64 or per_sample.shape[1] < 2**24
     kept = per_sample.sum(1, dtype=None if exact else torch.float64).clamp_min_(1.0)
     per_sample.mul_((per_sample.shape[1] / kept).to(dtype)[:, None])
