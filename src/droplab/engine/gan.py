@@ -91,14 +91,24 @@ class GanData:
         return Loader(self.bundle.train, batch_size=batch_size, shuffle=True, mean=(0.5,) * c,
                       std=(0.5,) * c, device=device, seed=seed, drop_last=True)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse (one line) a batch larger than the training split (no full batch)."""
+        if self.n_train < batch_size:
+            raise InvalidValue(f"{self.n_train} training samples is fewer than --batch-size "
+                               f"{batch_size}; lower --batch-size or raise --limit")
+
+    def pool(self, part: str) -> torch.Tensor:
+        """Every real sample of ``part`` (``test`` or ``train``): uint8 images, or float
+        points."""
+        if self.toy is not None:
+            return self.toy.test if part == "test" else self.toy.train
+        assert self.bundle is not None
+        return (self.bundle.test if part == "test" else self.bundle.train).images
+
     def real(self, part: str, n: int, seed: int) -> torch.Tensor:
         """Up to ``n`` real samples of ``part`` (``test`` or ``train``), drawn with ``seed``:
         uint8 images, or float points."""
-        if self.toy is not None:
-            pool = self.toy.test if part == "test" else self.toy.train
-        else:
-            assert self.bundle is not None
-            pool = (self.bundle.test if part == "test" else self.bundle.train).images
+        pool = self.pool(part)
         pick = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed))
         return pool[pick[: min(n, pool.shape[0])]]
 

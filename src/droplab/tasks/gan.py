@@ -49,7 +49,6 @@ from droplab.engine.gan import (
     sample,
 )
 from droplab.engine.resume import finished_summary, open_run, resume_point
-from droplab.errors import InvalidValue
 from droplab.evaluate.gan import ClassifierFeatures, InceptionFeatures
 from droplab.evaluate.gan_run import (
     STACKED_MODE_SAMPLES,
@@ -132,11 +131,7 @@ def run(cfg: GanConfig, resume: bool = False) -> dict[str, Any]:
         if ev.inception and ev.eval_samples:
             inception = InceptionFeatures(device)
     data = load_gan_data(cfg.data, seed)
-    if data.n_train < t.batch_size:
-        raise InvalidValue(
-            f"{data.n_train} training samples is fewer than --batch-size {t.batch_size}; "
-            "lower --batch-size or raise --limit"
-        )
+    data.check_batch_size(t.batch_size)
 
     seed_everything(seed)
     build_nets(cfg, data.shape)  # validates the nets' options early

@@ -75,11 +75,8 @@ class GanPrepared:
                                      "where": (cfg.space.wheres or ["hidden"])[0]}, cfg.seed)
         self.toy = probe.toy
         self.data: GanData = load_gan_data(probe.data, cfg.seed)
-        batch = int(cfg.train.batch_size)
-        if self.data.n_train < batch:
-            raise InvalidValue(f"{self.data.n_train} training samples is fewer than --batch-size "
-                               f"{batch}; lower --batch-size or raise --limit")
-        pool = self._test_pool()
+        self.data.check_batch_size(int(cfg.train.batch_size))
+        pool = self.data.pool("test")
         half = pool.shape[0] // 2
         n = int(cfg.gan.eval.eval_samples)
         if half < 2:
@@ -89,12 +86,6 @@ class GanPrepared:
         self.real_cv = pool[perm[:half][:n]]
         self.real_test = pool[perm[half:][:n]]
         self._extractor: Extractor | None = None
-
-    def _test_pool(self) -> torch.Tensor:
-        if self.data.toy is not None:
-            return self.data.toy.test
-        assert self.data.bundle is not None
-        return self.data.bundle.test.images
 
     @property
     def n_folds(self) -> int:
