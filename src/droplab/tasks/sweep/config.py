@@ -182,8 +182,7 @@ class SweepConfig(Config):
         if self.join and not (self.storage and self.study_name):
             raise InvalidValue("--join needs the shared --storage URL and the --study-name to join")
         if self.sweep_task == "gan":  # droplab gan's own checks, on the first setting
-            first = {"rate": 0.0, "kind": space.kinds[0], "where": (space.wheres or ["hidden"])[0]}
-            self.fold_gan_config(first, 0)
+            self.probe_gan_config()
 
     def _check_task(self) -> None:
         """Objectives and placements that belong to the other task: one line each."""
@@ -217,6 +216,14 @@ class SweepConfig(Config):
     def fold_gan_config(self, params: dict[str, Any], seed: int) -> GanConfig:
         """The ``droplab gan`` config of one fold of a GAN sweep (``--task gan``)."""
         return fold_gan_config(self.gan, self.data, self.train, self.run, params, seed)
+
+    def probe_gan_config(self) -> GanConfig:
+        """The ``droplab gan`` config of the space's first kind and placement at rate 0 with
+        the study seed: what a GAN sweep is checked with up front, and loads its data and
+        feature classifier by."""
+        assert self.space.wheres is not None  # set by validate()
+        return self.fold_gan_config({"rate": 0.0, "kind": self.space.kinds[0],
+                                     "where": self.space.wheres[0]}, self.seed)
 
     # -- derived ----------------------------------------------------------------------------
     @property

@@ -71,10 +71,9 @@ class GanPrepared:
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
-        probe = cfg.fold_gan_config({"rate": 0.0, "kind": cfg.space.kinds[0],
-                                     "where": (cfg.space.wheres or ["hidden"])[0]}, cfg.seed)
-        self.toy = probe.toy
-        self.data: GanData = load_gan_data(probe.data, cfg.seed)
+        self.probe = cfg.probe_gan_config()
+        self.toy = self.probe.toy
+        self.data: GanData = load_gan_data(self.probe.data, cfg.seed)
         self.data.check_batch_size(int(cfg.train.batch_size))
         pool = self.data.pool("test")
         half = pool.shape[0] // 2
@@ -110,12 +109,10 @@ class GanPrepared:
         if self.toy or self._extractor is not None:
             return
         ev = self.cfg.gan.eval
-        probe = self.cfg.fold_gan_config({"rate": 0.0, "kind": "dropout", "where": "hidden"},
-                                         self.cfg.seed)
         features = (ClassifierFeatures.from_run(ev.feature_extractor, self.device)
                     if ev.feature_extractor
-                    else train_feature_classifier(probe, self.classifier_dir(), self.device))
-        self._extractor = feature_extractor(probe, features)
+                    else train_feature_classifier(self.probe, self.classifier_dir(), self.device))
+        self._extractor = feature_extractor(self.probe, features)
 
     @property
     def extractor(self) -> Extractor:

@@ -35,13 +35,13 @@ def plot_sweep(rows: list[dict[str, Any]], cfg: SweepConfig, out: Path,
     metric = OBJECTIVE_METRIC[cfg.objective_list[0]]
     continuous = not cfg.space.dims[0].discrete
     gan = cfg.sweep_task == "gan"
-    specs = [("cv_vs_rate.png", metric, f"CV {metric} ({cfg.folds}-fold, mean ± std)")]
     if gan:
         specs = [("cv_vs_rate.png", metric, f"held-out {metric} ({cfg.folds} seeds, mean ± std)")]
     else:
-        specs += [("gap_vs_rate.png", "gap", "train − validation accuracy"),
-                  ("robust_vs_rate.png", "robust_acc",
-                   f"robust accuracy ({cfg.attack.upper()}, ε={cfg.eps:g})")]
+        specs = [("cv_vs_rate.png", metric, f"CV {metric} ({cfg.folds}-fold, mean ± std)"),
+                 ("gap_vs_rate.png", "gap", "train − validation accuracy"),
+                 ("robust_vs_rate.png", "robust_acc",
+                  f"robust accuracy ({cfg.attack.upper()}, ε={cfg.eps:g})")]
     groups = _series(rows, cfg)
     paths = []
     for fname, key, ylabel in specs:
