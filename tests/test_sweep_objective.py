@@ -4,6 +4,7 @@ and scoring between epochs (for pruning) that changes no result."""
 from __future__ import annotations
 
 import dataclasses
+import types
 from pathlib import Path
 
 import pytest
@@ -80,36 +81,37 @@ def test_scoring_between_epochs_changes_no_result(tmp_path: Path) -> None:
         assert hooked[k] == plain[k], k
 
 
-def test_a_grid_point_two_workers_started_counts_once() -> None:
+def test_a_grid_point_two_workers_started_counts_once(tmp_path: Path) -> None:
     """Two workers can start the same grid point when one read the study before the other's
     parameters were stored; the claim (checked at the start and again at the end of a
     trial) lets exactly one of them count: the lower trial number, or the one that finished."""
     import optuna
 
-    claim = objective.Objective._claim_grid_point
+    cfg = _cfg(tmp_path)
+    claim = objective.Objective(types.SimpleNamespace(cfg=cfg))._claim_grid_point
+
+    def started(study: optuna.Study, rate: float) -> tuple[optuna.Trial, dict]:
+        params = {"rate": rate, "kind": "dropout", "where": "head"}
+        assert set(params) == set(cfg.space.names)
+        trial = study.ask()
+        for name, value in params.items():
+            trial.suggest_categorical(name, [value])
+        return trial, params
+
     study = optuna.create_study()
-    a, b = study.ask(), study.ask()
-    for t in (a, b):
-        t.suggest_categorical("rate", [0.4])
-
-    def others(t: optuna.Trial) -> list:
-        return [f for f in study.get_trials(deepcopy=False) if f.number != t.number]
-
-    claim(a, {"rate": 0.4}, others(a))  # both running: the earlier trial goes on
+    (a, pa), (b, pb) = started(study, 0.4), started(study, 0.4)
+    claim(a, pa)  # both running: the earlier trial goes on
     with pytest.raises(objective.Surplus):
-        claim(b, {"rate": 0.4}, others(b))
+        claim(b, pb)
     assert study.trials[b.number].user_attrs[sweep.progress.SURPLUS]
 
-    c = study.ask()
-    c.suggest_categorical("rate", [0.4])
+    c, pc = started(study, 0.4)
     study.tell(a, 1.0)  # a finished: a later start of the same point does not count
     with pytest.raises(objective.Surplus):
-        claim(c, {"rate": 0.4}, others(c))
+        claim(c, pc)
 
     # a running trial already marked surplus (it is on its way out) holds nothing
     fresh = optuna.create_study()
-    x, y = fresh.ask(), fresh.ask()
-    for t in (x, y):
-        t.suggest_categorical("rate", [0.2])
+    (x, _), (y, py) = started(fresh, 0.2), started(fresh, 0.2)
     x.set_user_attr(sweep.progress.SURPLUS, True)
-    claim(y, {"rate": 0.2}, [f for f in fresh.get_trials(deepcopy=False) if f.number != y.number])
+    claim(y, py)

@@ -177,8 +177,6 @@ def prob_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
             "ece": float(expected_calibration_error(probs, labels))}
 
 
-
-
 def train_and_score(
     prep: Prepared,
     params: dict[str, Any],
@@ -256,25 +254,22 @@ class Objective:
         """Handle a setting already taken: ``Surplus`` on the grid, the earlier result for
         samplers that may propose a setting again (its CV result is deterministic)."""
         cfg = self.prep.cfg
-        others = self._same_setting(trial, params)
         if cfg.sampler == "grid":
-            self._claim_grid_point(trial, params, others)
+            self._claim_grid_point(trial, params)
             return None
-        for t in others:
+        for t in self._same_setting(trial, params):
             if t.state == TrialState.COMPLETE and "folds" in t.user_attrs:
                 trial.set_user_attr("folds", t.user_attrs["folds"])
                 trial.set_user_attr("reused_from", t.number)
                 return t.values if cfg.multi else t.value
         return None
 
-    @staticmethod
-    def _claim_grid_point(trial: optuna.Trial, params: dict[str, Any],
-                          others: list[FrozenTrial]) -> None:
+    def _claim_grid_point(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         """Raise ``Surplus`` if another worker holds or finished this grid point: a counted
         trial, or a running one with a lower number (the tie-break every worker applies)."""
         if any(counted(t) or (t.state == TrialState.RUNNING and t.number < trial.number
                               and not t.user_attrs.get(SURPLUS))
-               for t in others):
+               for t in self._same_setting(trial, params)):
             trial.set_user_attr(SURPLUS, True)
             raise Surplus(f"grid point {params} is already taken")
 
@@ -312,6 +307,6 @@ class Objective:
         if cfg.sampler == "grid":
             # two workers can start the same grid point when one reads the study before the
             # other's parameters are stored; checked again at the end, exactly one counts
-            self._claim_grid_point(trial, params, self._same_setting(trial, params))
+            self._claim_grid_point(trial, params)
         means = [statistics.fmean(f[k] for f in folds) for k in metrics]
         return means if cfg.multi else means[0]
